@@ -1,0 +1,26 @@
+# labkit: `make book` builds the book, `make test` runs every test. Both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: book test test-fast clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+book: $(STAMP)  ## build the Jupyter Book into _build/html (notebooks keep their committed outputs)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "Open _build/html/index.html in a browser."
+
+test: $(STAMP)  ## unit tests, then the notebooks under nbval in quick mode
+	LABKIT_QUICK=1 $(PY) -m pytest -q tests
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then LABKIT_QUICK=1 $(PY) -m pytest -q --nbval-lax notebooks; fi
+
+test-fast: $(STAMP)  ## unit tests only
+	LABKIT_QUICK=1 $(PY) -m pytest -q tests
+
+clean:
+	rm -rf _build .pytest_cache

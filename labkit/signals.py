@@ -1,0 +1,105 @@
+"""Signals a strategy reacts to: how the loss changes, and how confident the model is.
+
+Loss change, three ways (lab sheet, task 4); each tracker's ``update(loss)`` returns the new reading, or
+``None`` while it has too little history to say anything:
+
+* ``LossDiff``:      Δ = loss_t − loss_{t−1}
+* ``LossEMA``:       m_t = α·loss_t + (1 − α)·m_{t−1},  Δ = m_t − m_{t−1}   (m_0 = loss_0)
+* ``LossVariance``:  var = 1/K · Σ_k (loss_k − mean)² over the last K values (the lab writes the sum
+  Σ_k (loss_k − mean)², which is K times this; the mean keeps the number comparable across K)
+
+Confidence (task 5): the softmax entropy H(p) = −Σ_i p_i log p_i, which is 0 for a one-hot prediction and
+log C for the uniform one over C classes.
+
+Everything here is plain Python except ``mean_entropy``, which works on a tensor's own methods (no torch
+import), so strategies can use the trackers without touching a device.
+Chapter: Loss-based batching; Confidence-based batching.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from labkit.checks import check_float, check_int
+from labkit.state import Stateful
+
+DELTAS = ("diff", "ema", "variance")
+
+
+class LossDiff(Stateful):
+    """Δ = loss_t − loss_{t−1}; ``None`` on the first call."""
+
+    def __init__(self):
+        self.previous: float | None = None
+
+    def update(self, loss: float) -> float | None:
+        delta = None if self.previous is None else loss - self.previous
+        self.previous = loss
+        return delta
+
+
+class LossEMA(Stateful):
+    """m_t = α·loss_t + (1 − α)·m_{t−1}; returns Δ = m_t − m_{t−1} (``None`` on the first call, m_0 = loss_0)."""
+
+    def __init__(self, alpha: float = 0.3):
+        self.alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=True)
+        self.average: float | None = None
+
+    def update(self, loss: float) -> float | None:
+        if self.average is None:
+            self.average = loss
+            return None
+        previous = self.average
+        self.average = self.alpha * loss + (1.0 - self.alpha) * previous
+        return self.average - previous
+
+
+class LossVariance(Stateful):
+    """var = 1/K · Σ (loss_k − mean)² over the last K = ``window`` losses; ``None`` until K are seen."""
+
+    def __init__(self, window: int = 3):
+        self.window = check_int("window", window, low=2)
+        self.values: deque[float] = deque(maxlen=self.window)
+
+    def update(self, loss: float) -> float | None:
+        self.values.append(loss)
+        if len(self.values) < self.window:
+            return None
+        return window_variance(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+
+def window_variance(values) -> float:
+    """Population variance 1/K · Σ (x_k − mean)² of a short sequence."""
+    values = list(values)
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / len(values)
+
+
+def loss_tracker(delta: str = "diff", *, alpha: float = 0.3, window: int = 3) -> Stateful:
+    """The tracker for ``delta`` in ``DELTAS``."""
+    if delta == "diff":
+        return LossDiff()
+    if delta == "ema":
+        return LossEMA(alpha)
+    if delta == "variance":
+        return LossVariance(window)
+    raise ValueError(f"delta={delta!r} is not allowed: expected one of {', '.join(map(repr, DELTAS))}")
+
+
+def mean_entropy(logits):
+    """Mean softmax entropy of a (N, C) logits tensor, in nats: mean_n −Σ_i p_ni log p_ni.
+
+    Computed from ``log_softmax`` (stable for large logits) in float32; returns a 0-d tensor on the
+    logits' device, so calling it inside the training loop does not force a CPU–GPU sync.
+    """
+    log_p = logits.float().log_softmax(dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1).mean()
+
+
+def max_entropy(num_classes: int) -> float:
+    """log C: the entropy of the uniform prediction over C classes, the upper end of H(p)."""
+    return math.log(check_int("num_classes", num_classes, low=2))

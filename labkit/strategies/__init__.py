@@ -1,0 +1,58 @@
+"""Batch-size strategies: small, deterministic, pure-Python objects with a scheduler-like API.
+
+    >>> import labkit.strategies as s
+    >>> strategy = s.build("linear", b_init=32, a=16, min_batch=16, max_batch=128)
+    >>> strategy.batch_size, strategy.step(), strategy.step()
+    (32, 48, 64)
+
+Names for ``build``: fixed, linear, exponential, cyclical, loss, confidence, gns, progressive, epoch.
+Shared parameter names: b_init, min_batch, max_batch, multiple_of, a, alpha, window, delta, change.
+"""
+from __future__ import annotations
+
+import inspect
+
+from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased
+from labkit.strategies.base import Adaptive, Decision, Strategy
+from labkit.strategies.coupling import LR_RULES, scaled_lr
+from labkit.strategies.schedules import Cyclical, EpochBased, Exponential, Fixed, Linear, Progressive, Schedule
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (Fixed, Linear, Exponential, Cyclical, LossBased, ConfidenceBased, GNSBased, Progressive, EpochBased)
+}
+
+
+def parameters(name: str) -> list[str]:
+    """The keyword parameters ``build(name, ...)`` accepts, bounds included."""
+    cls = _lookup(name)
+    names = []
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def build(name: str, **params) -> Strategy:
+    """Make the strategy called ``name`` with keyword ``params`` (see ``parameters(name)``)."""
+    cls = _lookup(name)
+    allowed = parameters(name)
+    unknown = [p for p in params if p not in allowed]
+    if unknown:
+        raise TypeError(f"strategy {name!r} takes no parameter {unknown[0]!r}; "
+                        f"its parameters are: {', '.join(allowed)}")
+    return cls(**params)
+
+
+def _lookup(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}: expected one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+__all__ = ["Strategy", "Schedule", "Adaptive", "Decision", "Fixed", "Linear", "Exponential", "Cyclical",
+           "LossBased", "ConfidenceBased", "GNSBased", "Progressive", "EpochBased", "STRATEGIES",
+           "build", "parameters", "scaled_lr", "LR_RULES"]

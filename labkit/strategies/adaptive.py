@@ -1,0 +1,140 @@
+"""Adaptive strategies: the batch size follows a signal measured during training.
+
+Chapters: Loss-based batching (task 4), Confidence-based batching (task 5), Gradient noise scale (task 6).
+"""
+from __future__ import annotations
+
+from labkit.checks import check_choice, check_float, check_int
+from labkit.signals import DELTAS, loss_tracker, max_entropy
+from labkit.strategies.base import Adaptive, Strategy
+
+
+class LossBased(Adaptive):
+    """Grow the batch while the loss falls, shrink it when the loss rises or fluctuates (lab task 4).
+
+    The loss change is read one of three ways (``delta``, see ``labkit.signals``):
+
+    * ``"diff"``:     Δ = loss_t − loss_{t−1}
+    * ``"ema"``:      m_t = α·loss_t + (1 − α)·m_{t−1},  Δ = m_t − m_{t−1}
+    * ``"variance"``: var = 1/K Σ (loss_k − mean)² over the last K = ``window`` losses
+
+    Decision, with a relative ``tolerance`` τ (default 0.01 = 1 %):
+
+    * diff / ema: Δ < −τ·|reference| → grow; Δ > τ·|reference| → shrink; otherwise hold. The reference is
+      the previous loss (diff) or the previous average (ema).
+    * variance: the loss is *settled* when its coefficient of variation √var / |mean| ≤ τ → grow;
+      above τ it fluctuates → shrink.
+
+    Growth follows ``change``: ``"linear"`` adds/subtracts ``a``, ``"exponential"`` multiplies/divides by ``a``.
+    Until the tracker has enough history (1 loss for diff/ema, K for variance) the batch holds.
+
+    Example::
+
+        s = LossBased(b_init=32, a=2, delta="ema", alpha=0.3, min_batch=16, max_batch=512)
+        for epoch in range(num_epochs):
+            loss = train_one_epoch(batch_size=s.batch_size)
+            s.step(loss=loss)
+    """
+
+    name = "loss"
+    uses = ("loss",)
+    requires = ("loss",)
+
+    def __init__(self, b_init: int = 32, *, a: float = 2.0, change: str = "exponential", delta: str = "diff",
+                 alpha: float = 0.3, window: int = 3, tolerance: float = 0.01, **bounds):
+        super().__init__(b_init, a=a, change=change, **bounds)
+        self.delta = check_choice("delta", delta, DELTAS)
+        self.alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=True)
+        self.window = check_int("window", window, low=2)
+        self.tolerance = check_float("tolerance", tolerance, low=0.0)
+        self.tracker = loss_tracker(self.delta, alpha=self.alpha, window=self.window)
+
+    def _decide(self, loss: float) -> tuple[float, str]:
+        reference = self._reference()
+        reading = self.tracker.update(loss)
+        if reading is None:
+            return self.value, f"hold: warming up the {self.delta} tracker"
+        if self.delta == "variance":
+            mean = self.tracker.mean
+            cv = reading ** 0.5 / abs(mean) if mean else float("inf")
+            if cv <= self.tolerance:
+                return self._grown(), f"grow: loss settled (cv {cv:.3g} <= {self.tolerance:g})"
+            return self._shrunk(), f"shrink: loss fluctuates (cv {cv:.3g} > {self.tolerance:g})"
+        threshold = self.tolerance * abs(reference)
+        if reading < -threshold:
+            return self._grown(), f"grow: loss fell (Δ {reading:.3g})"
+        if reading > threshold:
+            return self._shrunk(), f"shrink: loss rose (Δ {reading:.3g})"
+        return self.value, f"hold: |Δ| {abs(reading):.3g} within tolerance"
+
+    def _reference(self) -> float:
+        """The value the change is relative to: the previous loss or the previous average."""
+        if self.delta == "diff":
+            return self.tracker.previous or 0.0
+        if self.delta == "ema":
+            return self.tracker.average or 0.0
+        return 0.0
+
+
+class ConfidenceBased(Adaptive):
+    """Follow the model's confidence, measured by its mean softmax entropy (lab task 5).
+
+    H(p) = −Σ_i p_i log p_i lies in [0, log C]; the rule reads the normalised h = H / log C ∈ [0, 1]:
+    h < ``low`` (confident) → grow; h > ``high`` (uncertain) → shrink; otherwise hold.
+    Pass the mean entropy in nats as ``step(entropy=...)`` (``labkit.signals.mean_entropy`` computes it).
+    """
+
+    name = "confidence"
+    uses = ("entropy",)
+    requires = ("entropy",)
+
+    def __init__(self, b_init: int = 32, *, num_classes: int = 10, low: float = 0.2, high: float = 0.6,
+                 a: float = 2.0, change: str = "exponential", **bounds):
+        super().__init__(b_init, a=a, change=change, **bounds)
+        self.num_classes = check_int("num_classes", num_classes, low=2)
+        self.low = check_float("low", low, low=0.0, high=1.0)
+        self.high = check_float("high", high, low=0.0, high=1.0)
+        if self.low > self.high:
+            raise ValueError(f"low={self.low:g} is greater than high={self.high:g}: expected low <= high")
+
+    def _decide(self, entropy: float) -> tuple[float, str]:
+        h_max = max_entropy(self.num_classes)
+        if not -1e-6 <= entropy <= h_max + 1e-6:
+            raise ValueError(f"signal entropy={entropy:g} is outside [0, log C] = [0, {h_max:.4f}] "
+                             f"for num_classes={self.num_classes}: pass the mean entropy in nats")
+        h = entropy / h_max
+        if h < self.low:
+            return self._grown(), f"grow: confident (h {h:.3f} < {self.low:g})"
+        if h > self.high:
+            return self._shrunk(), f"shrink: uncertain (h {h:.3f} > {self.high:g})"
+        return self.value, f"hold: h {h:.3f} in [{self.low:g}, {self.high:g}]"
+
+
+class GNSBased(Strategy):
+    """Move the batch toward the gradient noise scale B_simple = tr(Σ)/‖G‖² (McCandlish et al. 2018, §2.2).
+
+    Each ``step(gns=B_simple)`` smooths the reading, ĝ ← α·gns + (1 − α)·ĝ (ĝ starts at the first
+    reading; a non-positive estimate, which unbiased estimators can give, is skipped), takes the target ``scale``·ĝ and moves there, but by at most a factor ``a`` per step:
+    B ← clamp(target, B/a, B·a), then the usual bounds. Training near B_simple balances the number of
+    steps against the number of samples (the paper's critical batch size).
+    """
+
+    name = "gns"
+    uses = ("gns",)
+    requires = ("gns",)
+
+    def __init__(self, b_init: int = 32, *, alpha: float = 0.3, a: float = 2.0, scale: float = 1.0, **bounds):
+        super().__init__(b_init, **bounds)
+        self.alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=True)
+        self.a = check_float("a", a, low=1.0, low_open=True)
+        self.scale = check_float("scale", scale, low=0.0, low_open=True)
+        self.smoothed: float | None = None
+
+    def _decide(self, gns: float) -> tuple[float, str]:
+        if gns <= 0:  # unbiased estimators can dip below zero when the signal is tiny: not a reading
+            return self.value, f"hold: ignored non-positive estimate {gns:.3g}"
+        self.smoothed = gns if self.smoothed is None else self.alpha * gns + (1 - self.alpha) * self.smoothed
+        target = self.scale * self.smoothed
+        value = min(max(target, self.value / self.a), self.value * self.a)
+        capped = "" if value == target else f", capped at ×{self.a:g}"
+        return value, f"toward B_simple {self.smoothed:.1f}{capped}"

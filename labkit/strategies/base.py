@@ -1,0 +1,145 @@
+"""The protocol every batch-size strategy follows, modelled on ``torch.optim.lr_scheduler``.
+
+A strategy holds a current ``batch_size`` and changes it only in ``step(**signals)``: one call per
+decision point (an epoch or an iteration, as the training loop chooses). Signals arrive as keyword
+arguments (``loss=``, ``entropy=``, ``gns=``, ``epoch=``, …); a strategy reads the ones it names in
+``uses`` and ignores the rest, so the loop can pass the same signals to every strategy.
+
+Every strategy keeps its value inside the bounds and rounds it:
+
+    B = round_to_multiple(clamp(value, min_batch, max_batch), multiple_of)
+
+The unrounded value is kept too (``value``), so slow growth such as ×1.05 per step is not lost to rounding.
+Each call appends a ``Decision(step, old, new, reason)`` to ``history``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from labkit.checks import check_float, check_int
+from labkit.state import Stateful
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One entry of a strategy's decision log: after call ``step``, the batch went ``old`` → ``new``."""
+    step: int
+    old: int
+    new: int
+    reason: str
+
+
+class Strategy(Stateful):
+    """Base class: bounds, clamping, rounding, the decision log and ``state_dict``.
+
+    Args:
+        b_init: batch size before the first ``step()`` (default 32).
+        min_batch, max_batch: bounds every decision is clamped to (defaults 8 and 1024).
+        multiple_of: round every batch size to a multiple of this (default 1). Both bounds must be
+            multiples of it. Multiples of 8 or 32 keep GPU kernels efficient and limit recompiles.
+
+    Subclasses store their hyper-parameters and implement ``_decide(**signals) -> (value, reason)``.
+    """
+
+    name: ClassVar[str] = ""
+    uses: ClassVar[tuple[str, ...]] = ()        # signals the rule reads
+    requires: ClassVar[tuple[str, ...]] = ()    # signals that must be present on every step
+
+    def __init__(self, b_init: int = 32, *, min_batch: int = 8, max_batch: int = 1024, multiple_of: int = 1):
+        self.multiple_of = check_int("multiple_of", multiple_of, low=1)
+        self.min_batch = check_int("min_batch", min_batch, low=1)
+        self.max_batch = check_int("max_batch", max_batch, low=1)
+        if self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch={self.min_batch} is greater than max_batch={self.max_batch}: "
+                             f"expected min_batch <= max_batch")
+        for bound in ("min_batch", "max_batch"):
+            value = getattr(self, bound)
+            if value % self.multiple_of:
+                low = value - value % self.multiple_of
+                raise ValueError(f"{bound}={value} is not a multiple of multiple_of={self.multiple_of}: "
+                                 f"use {max(low, self.multiple_of)} or {low + self.multiple_of}")
+        b_init = check_int("b_init", b_init, low=1)
+        if not self.min_batch <= b_init <= self.max_batch:
+            raise ValueError(f"b_init={b_init} is outside [min_batch, max_batch] = "
+                             f"[{self.min_batch}, {self.max_batch}]: pick b_init in that range")
+        self.b_init = b_init
+        self.steps = 0                       # calls of step() so far
+        self.value = float(b_init)           # unrounded, clamped
+        self.batch_size = self._round(self.value)
+        self.history: list[Decision] = []
+
+    # -- the protocol -------------------------------------------------------------------------------
+    def step(self, **signals: Any) -> int:
+        """Take one decision from the signals and return the new batch size."""
+        readings = self._read_signals(signals)
+        old = self.batch_size
+        value, reason = self._decide(**readings)
+        self.steps += 1
+        self.value = self._clamp(value)
+        self.batch_size = self._round(self.value)
+        self.history.append(Decision(self.steps, old, self.batch_size, reason))
+        return self.batch_size
+
+    def _decide(self, **signals: float) -> tuple[float, str]:
+        raise NotImplementedError  # abstract: each strategy implements its rule
+
+    # -- bounds and rounding ----------------------------------------------------------------------
+    def _clamp(self, value: float) -> float:
+        return min(max(value, float(self.min_batch)), float(self.max_batch))
+
+    def _round(self, value: float) -> int:
+        """Nearest multiple of ``multiple_of`` (halves round up); bounds are multiples, so it stays inside."""
+        m = self.multiple_of
+        return int(math.floor(value / m + 0.5)) * m
+
+    def _bounded(self, value: float) -> int:
+        """The batch size a raw value becomes: round(clamp(value))."""
+        return self._round(self._clamp(value))
+
+    # -- signals ----------------------------------------------------------------------------------
+    def _read_signals(self, signals: dict[str, Any]) -> dict[str, float]:
+        missing = [name for name in self.requires if signals.get(name) is None]
+        if missing:
+            raise TypeError(f"{type(self).__name__}.step() needs the signal(s) {', '.join(missing)}: "
+                            f"call step({', '.join(f'{m}=...' for m in missing)})")
+        readings = {}
+        for name in self.uses:
+            if signals.get(name) is not None:
+                readings[name] = check_float(f"signal {name}", signals[name])
+        return readings
+
+    # -- state ------------------------------------------------------------------------------------
+    def _restore(self, name: str, value: Any) -> Any:
+        if name == "history":
+            return [Decision(**record) for record in value]
+        return value
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(batch_size={self.batch_size}, steps={self.steps}, "
+                f"bounds=[{self.min_batch}, {self.max_batch}])")
+
+
+class Adaptive(Strategy):
+    """Base for strategies that grow or shrink by a step ``a`` from signals.
+
+    ``change="linear"``: grow B ← B + a, shrink B ← B − a (a > 0).
+    ``change="exponential"``: grow B ← B·a, shrink B ← B / a (a > 1).
+    """
+
+    def __init__(self, b_init: int = 32, *, a: float = 2.0, change: str = "exponential", **bounds):
+        super().__init__(b_init, **bounds)
+        if change not in ("linear", "exponential"):
+            raise ValueError(f"change={change!r} is not allowed: expected 'linear' or 'exponential'")
+        self.change = change
+        if change == "linear":
+            self.a = check_float("a", a, low=0.0, low_open=True)
+        else:
+            self.a = check_float("a", a, low=1.0, low_open=True)
+
+    def _grown(self) -> float:
+        return self.value + self.a if self.change == "linear" else self.value * self.a
+
+    def _shrunk(self) -> float:
+        return self.value - self.a if self.change == "linear" else self.value / self.a
