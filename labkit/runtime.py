@@ -1,0 +1,60 @@
+"""Where code runs and how big it runs: quick mode, the device, and the provenance of a result.
+
+``LABKIT_QUICK=1`` (or ``--quick``) shrinks data and epochs so notebooks and examples take seconds on a
+CPU; without it, a GPU run uses the full sizes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quick_mode() -> bool:
+    """True when ``LABKIT_QUICK`` is set to anything but '', '0' or 'false'."""
+    return os.environ.get("LABKIT_QUICK", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pick_device(requested: str | None = None):
+    """``torch.device``: the one asked for, else CUDA when present, else CPU."""
+    import torch
+
+    if requested in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={requested!r} was asked for but CUDA is not available here: "
+                         f"use device='cpu' or leave it out to pick automatically")
+    return device
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (with '+dirty' if the tree has changes), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("LABKIT_COMMIT", "unknown")
+
+
+def provenance(device=None) -> dict:
+    """Where and when a result was produced: device name, torch version, git commit, date, host."""
+    import torch
+
+    device = pick_device(None if device is None else str(device))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
