@@ -170,7 +170,7 @@ class EpochBased(Schedule):
         for epoch, batch in milestones.items():
             check_int("milestone epoch", epoch, low=1)
             check_int(f"milestones[{epoch}]", batch, low=self.min_batch, high=self.max_batch)
-        self.milestones = dict(sorted(milestones.items()))
+        self.milestones = sorted([int(epoch), int(batch)] for epoch, batch in milestones.items())  # JSON-safe
 
     def _decide(self, epoch: float | None = None) -> tuple[float, str]:
         k = self.steps + 1 if epoch is None else check_int("signal epoch", epoch, low=0)
@@ -178,7 +178,7 @@ class EpochBased(Schedule):
 
     def _value_at(self, k: int) -> float:
         batch = self.b_init
-        for epoch, value in self.milestones.items():
+        for epoch, value in self.milestones:
             if epoch <= k:
                 batch = value
         return float(batch)
