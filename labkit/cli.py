@@ -1,0 +1,154 @@
+"""``labkit`` on the command line. Thin: parses arguments and calls the package.
+
+    labkit train --dataset mnist --model mlp --strategy linear --b-init 64 --a 64 --epochs 10 --out runs/mnist-linear
+    labkit train --dataset cifar10 --model cnn --strategy loss --delta ema --alpha 0.3 --epochs 20 --out runs/c10-loss
+    labkit train --help
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+STRATEGY_FLAGS = {   # flag → (type, help); passed to labkit.strategies.build only when given
+    "b_init": (int, "batch size at the start"),
+    "min_batch": (int, "lower bound on the batch size"),
+    "max_batch": (int, "upper bound on the batch size"),
+    "multiple_of": (int, "round every batch size to a multiple of this (8 or 32 suit GPUs)"),
+    "a": (float, "growth step (linear) or factor (exponential)"),
+    "alpha": (float, "EMA coefficient in (0, 1]"),
+    "window": (int, "K, the window of the loss variance"),
+    "delta": (str, "loss change: diff | ema | variance"),
+    "change": (str, "growth: linear | exponential"),
+    "tolerance": (float, "relative loss change (or variation) treated as no change"),
+    "period": (int, "cyclical: steps per cycle"),
+    "mode": (str, "cyclical: triangular | cosine | sawtooth"),
+    "warmup": (int, "progressive: steps of the warm-up"),
+    "target": (int, "progressive: batch size at the end of the warm-up"),
+    "milestones": (str, "epoch: 'EPOCH:BATCH,...', e.g. 5:128,10:256"),
+    "low": (float, "confidence: grow below this normalised entropy"),
+    "high": (float, "confidence: shrink above this normalised entropy"),
+    "scale": (float, "gns: target = scale · B_simple"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits with code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    from labkit.strategies import STRATEGIES
+
+    parser = Parser(prog="labkit", description="Adaptive batch sizes: train, compare, measure.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train = commands.add_parser("train", help="train one model with one batch-size strategy",
+                                description="Train a model with a batch-size strategy; writes history.csv, "
+                                            "config.json and history.png to --out.")
+    _add_run_arguments(train)
+    train.add_argument("--strategy", default="fixed", choices=list(STRATEGIES))
+    train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    group = train.add_argument_group("strategy parameters (passed on only when given)")
+    for name, (kind, text) in STRATEGY_FLAGS.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text, default=argparse.SUPPRESS)
+
+    sweep = commands.add_parser("sweep", help="train under several strategies and seeds, then compare",
+                                description="Runs each --runs spec for each seed into OUT/<label>/seed<s>/, "
+                                            "skipping finished runs (a sweep resumes), and writes OUT/summary.csv.")
+    _add_run_arguments(sweep)
+    sweep.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
+                       help="[LABEL=]STRATEGY[:KEY=VALUE,...], e.g. fixed:b_init=128 loss:delta=ema,alpha=0.3")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
+    return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a training run shared by ``train`` and ``sweep``."""
+    from labkit.strategies import LR_RULES
+    from labkit.train import DECIDE, OPTIMIZERS
+
+    parser.add_argument("--dataset", default="mnist", help="mnist | fashion-mnist | cifar10 | mnist1d | digits")
+    parser.add_argument("--model", default="mlp", help="mlp | cnn | resnet | conv1d")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate at the base batch size")
+    parser.add_argument("--lr-rule", default="sqrt", choices=LR_RULES, help="how lr follows the batch size")
+    parser.add_argument("--base-batch", type=int, help="batch size --lr was tuned for (default: b_init)")
+    parser.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    parser.add_argument("--decide-every", default="epoch", choices=DECIDE)
+    parser.add_argument("--gns-every", type=int, default=0, help="measure the gradient noise scale every N steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="cuda | cpu (default: cuda when present)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic batch dim)")
+    parser.add_argument("--quick", action="store_true", help="small data subset (as LABKIT_QUICK=1)")
+    parser.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _base_config(args: argparse.Namespace, strategy: str = "fixed", params: dict | None = None):
+    from labkit.train import TrainConfig
+
+    return TrainConfig(dataset=args.dataset, model=args.model, strategy=strategy, strategy_params=params or {},
+                       epochs=args.epochs, lr=args.lr, lr_rule=args.lr_rule, base_batch=args.base_batch,
+                       optimizer=args.optimizer, decide_every=args.decide_every, gns_every=args.gns_every,
+                       seed=args.seed, device=args.device, compile=args.compile,
+                       quick=True if args.quick else None, data_root=args.data_root).checked()
+
+
+def parse_milestones(text: str) -> dict[int, int]:
+    """'5:128,10:256' → {5: 128, 10: 256}."""
+    try:
+        return {int(e): int(b) for e, b in (item.split(":") for item in text.split(",") if item)}
+    except ValueError:
+        raise ValueError(f"milestones={text!r} is not allowed: expected EPOCH:BATCH pairs like 5:128,10:256") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = {"train": _train, "sweep": _sweep}[args.command]
+    try:
+        return command(parser, args)
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+
+
+def _train(parser: Parser, args: argparse.Namespace) -> int:
+    from labkit.plots import plot_history
+    from labkit.strategies import build
+    from labkit.train import Diverged, fit
+
+    params = {name: getattr(args, name) for name in STRATEGY_FLAGS if hasattr(args, name)}
+    if "milestones" in params:
+        params["milestones"] = parse_milestones(params["milestones"])
+    build(args.strategy, **params)                                   # check the parameters before any work
+    config = _base_config(args, args.strategy, params)
+    try:
+        history = fit(config, args.out, resume=args.resume, progress=not args.no_progress)
+    except Diverged as error:
+        print(f"labkit train: {error}", file=sys.stderr)
+        return 1
+    plot_history(history, args.out / "history.png", title=f"{args.strategy} · {args.dataset} · {args.model}")
+    last = history.iloc[-1]
+    print(f"done: {len(history)} epochs, test acc {last.test_acc:.4f}, final batch {int(last.next_batch)}, "
+          f"{last.wall_time_s:.1f} s training; wrote {args.out}/history.csv")
+    return 0
+
+
+def _sweep(parser: Parser, args: argparse.Namespace) -> int:
+    from labkit.experiments import parse_run, sweep
+    from labkit.strategies import build
+
+    for spec in args.runs:                                            # check every spec before any work
+        _, name, params = parse_run(spec)
+        build(name, **params)
+    table = sweep(_base_config(args), args.runs, args.seeds, args.out, progress=not args.no_progress)
+    table.to_csv(args.out / "summary.csv")
+    print(table.round(4).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

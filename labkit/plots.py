@@ -1,0 +1,29 @@
+"""Plots of a run's history table: they read the table, never recompute training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def plot_history(history: pd.DataFrame, path: str | Path | None = None, title: str = ""):
+    """Three panels against epoch: train/test loss, test accuracy, batch size. Saves to ``path`` if given."""
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc, ax_batch) = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
+    ax_loss.plot(history.epoch, history.train_loss, label="train")
+    ax_loss.plot(history.epoch, history.test_loss, label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    ax_loss.legend()
+    ax_acc.plot(history.epoch, history.test_acc, color="C2")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy")
+    ax_batch.step(history.epoch, history.batch_size, where="mid", color="C3")
+    ax_batch.set(xlabel="epoch", ylabel="batch size", yscale="log")
+    fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig

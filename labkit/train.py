@@ -1,0 +1,271 @@
+"""The training loop: one function, ``fit``, for every strategy.
+
+    python -m labkit train --dataset mnist --model mlp --strategy linear --a 64 --epochs 10 --out runs/lin
+
+Per epoch it trains on batches whose size the strategy sets, evaluates on the test split, feeds the
+strategy its signals (train loss, mean softmax entropy, gradient noise scale when tracked, epoch) and
+appends a row to the history table. Phases, in order: set LR → forward/backward → optimizer step →
+accumulate signals (on the device, no sync) → end of epoch: one sync, eval, strategy decision, log,
+checkpoint. The data stays on the device (``labkit.batching.DeviceBatcher``); on CUDA the step runs in
+bf16 autocast with channels_last images, and optionally under ``torch.compile`` with a dynamic batch
+dimension so a new batch size does not recompile.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from labkit import strategies
+from labkit.batching import DeviceBatcher
+from labkit.checks import check_choice, check_float, check_int
+from labkit.data import load
+from labkit.models import build_model
+from labkit.runtime import pick_device, provenance, quick_mode
+from labkit.signals import mean_entropy
+
+OPTIMIZERS = ("sgd", "adam")
+DECIDE = ("epoch", "step")
+QUICK_SIZES = (2048, 512)          # train / test examples kept in quick mode
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json`` beside the history."""
+    dataset: str = "mnist"
+    model: str = "mlp"
+    strategy: str = "fixed"
+    strategy_params: dict = field(default_factory=dict)   # passed to labkit.strategies.build
+    epochs: int = 5
+    lr: float = 0.05                  # tuned for base_batch
+    lr_rule: str = "sqrt"             # linear | sqrt | none: how lr follows the batch size
+    base_batch: int | None = None     # batch size lr was tuned for (default: the strategy's b_init)
+    optimizer: str = "sgd"            # sgd (momentum 0.9, nesterov) | adam
+    weight_decay: float = 5e-4
+    decide_every: str = "epoch"       # epoch | step: when the strategy takes a decision
+    gns_every: int = 0                # measure the gradient noise scale every N steps (0: off; on for gns)
+    seed: int = 0
+    device: str | None = None         # None: CUDA when present
+    compile: bool = False
+    quick: bool | None = None         # None: from LABKIT_QUICK
+    data_root: str | None = None
+    eval_batch: int = 2048
+
+    def checked(self) -> "TrainConfig":
+        check_int("epochs", self.epochs, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_choice("lr_rule", self.lr_rule, strategies.LR_RULES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("decide_every", self.decide_every, DECIDE)
+        check_int("gns_every", self.gns_every, low=0)
+        check_float("weight_decay", self.weight_decay, low=0.0)
+        return self
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; ``history`` holds the epochs before it."""
+
+    def __init__(self, message: str, history: pd.DataFrame):
+        super().__init__(message)
+        self.history = history
+
+
+def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = False,
+        progress: bool = True) -> pd.DataFrame:
+    """Train as ``config`` says; return the per-epoch history (and write it under ``out`` if given).
+
+    With ``out``, each epoch writes ``history.csv`` and ``checkpoint.pt``; ``resume=True`` continues from
+    the checkpoint there and gives the same result as an uninterrupted run.
+    """
+    config = config.checked()
+    quick = quick_mode() if config.quick is None else config.quick
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+
+    # -- data, model, strategy, optimizer --------------------------------------------------------------
+    data = load(config.dataset, root=config.data_root, device=device)
+    if quick:
+        data = data.subset(*QUICK_SIZES, seed=config.seed)
+    strategy = strategies.build(config.strategy, **config.strategy_params)
+    n_train = len(data.y_train)
+    if strategy.min_batch > n_train:
+        raise ValueError(f"min_batch={strategy.min_batch} is larger than the training set of {config.dataset} "
+                         f"({n_train} examples{', quick mode' if quick else ''}): lower min_batch")
+    model = build_model(config.model, data.input_shape, data.num_classes).to(device)
+    images = len(data.input_shape) == 3 and device.type == "cuda"
+    if images:
+        model = model.to(memory_format=torch.channels_last)
+    base_batch = config.base_batch or strategy.b_init
+    optimizer = _optimizer(config, model)
+    forward = _compiled(model) if config.compile else model
+    gns = _gns_tracker(config)
+    train = DeviceBatcher(data.x_train, data.y_train, mean=data.mean, std=data.std, shuffle=True,
+                          seed=config.seed, drop_last=True)
+    test = DeviceBatcher(data.x_test, data.y_test, mean=data.mean, std=data.std, shuffle=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    rows: list[dict[str, Any]] = []
+    start_epoch, step, samples, wall = 0, 0, 0, 0.0
+    out = Path(out) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(out, config, device)
+        if resume and (out / "checkpoint.pt").exists():
+            state = torch.load(out / "checkpoint.pt", map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            strategy.load_state_dict(state["strategy"])
+            train.generator.set_state(state["batcher"].cpu())
+            if gns is not None:
+                gns.load_state_dict(state["gns"])
+            torch.set_rng_state(state["rng"].cpu())
+            rows, (start_epoch, step, samples, wall) = state["history"], state["counters"]
+
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.strategy} on {data.name}",
+               disable=not progress, initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)       # Σ loss·B over the epoch, kept on the device
+        entropy_sum = torch.zeros((), device=device)
+        epoch_samples = epoch_steps = 0
+        lr = config.lr
+        for xb, yb in train.batches(lambda: strategy.batch_size):
+            batch = len(yb)
+            # -- set LR for this batch size ------------------------------------------------------------
+            lr = strategies.scaled_lr(config.lr, base_batch, batch, config.lr_rule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if images:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            # -- forward / backward (a GNS measurement does the backward itself, in microbatches) ------
+            with autocast:
+                logits = forward(xb)
+                loss = F.cross_entropy(logits, yb)
+            if gns is not None and gns.due(step):
+                with autocast:
+                    gns.measure(model, F.cross_entropy, xb, yb)
+            else:
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            # -- signals, accumulated without a sync -----------------------------------------------------
+            loss_sum += loss.detach().float() * batch
+            entropy_sum += mean_entropy(logits.detach()) * batch
+            epoch_samples += batch
+            epoch_steps += 1
+            step += 1
+            if config.decide_every == "step":
+                strategy.step(loss=loss.item(), epoch=epoch + 1, **_gns_signal(gns))   # .item(): a sync per step
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        wall += epoch_time
+        samples += epoch_samples
+        if epoch_steps == 0:
+            raise ValueError(f"no full batch fits in the {n_train} training examples at batch size "
+                             f"{strategy.batch_size}: lower max_batch")
+
+        # -- end of epoch: signals (one sync), eval, decision, log ---------------------------------------
+        train_loss = (loss_sum / epoch_samples).item()
+        train_entropy = (entropy_sum / epoch_samples).item()
+        test_loss, test_acc = evaluate(forward, test, config.eval_batch, autocast, images)
+        row = dict(epoch=epoch + 1, batch_size=epoch_samples / epoch_steps, lr=lr, steps=step, samples=samples,
+                   train_loss=train_loss, train_entropy=train_entropy, test_loss=test_loss, test_acc=test_acc,
+                   epoch_time_s=epoch_time, wall_time_s=wall, samples_per_s=epoch_samples / epoch_time,
+                   peak_mem_mb=_peak_memory_mb(device), gns=gns.b_simple if gns is not None else math.nan)
+        if not math.isfinite(train_loss):
+            rows.append({**row, "next_batch": strategy.batch_size, "reason": "stopped: loss is not finite"})
+            history = _save_history(out, rows)
+            raise Diverged(f"training diverged at epoch {epoch + 1}: train loss is {train_loss} at batch size "
+                           f"{row['batch_size']:.0f}, lr {lr:g}; lower lr or use lr_rule='sqrt' "
+                           f"(history so far kept{f' in {out}' if out else ''})", history)
+        if config.decide_every == "epoch":
+            strategy.step(loss=train_loss, entropy=train_entropy, epoch=epoch + 1, **_gns_signal(gns))
+        reason = strategy.history[-1].reason if strategy.history else ""
+        rows.append({**row, "next_batch": strategy.batch_size, "reason": reason})
+        bar.set_postfix(B=int(row["batch_size"]), loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
+        _save_history(out, rows)
+        if out is not None:
+            torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            strategy=strategy.state_dict(), batcher=train.generator.get_state(),
+                            gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
+                            history=rows, counters=[epoch + 1, step, samples, wall]),
+                       out / "checkpoint.pt")
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def evaluate(model, batcher: DeviceBatcher, batch_size: int, autocast, channels_last: bool) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=batcher.y.device)
+    correct = torch.zeros((), device=batcher.y.device)
+    for xb, yb in batcher.batches(batch_size):
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(dim=1) == yb).sum()
+    n = batcher.num_samples
+    return (loss_sum / n).item(), (correct / n).item()          # .item(): one sync per split
+
+
+def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _compiled(model: torch.nn.Module):
+    """``torch.compile`` with the batch dimension dynamic, so a new batch size reuses the same graph."""
+    compiled = torch.compile(model)
+
+    def forward(x):
+        torch._dynamo.mark_dynamic(x, 0)
+        return compiled(x)
+    return forward
+
+
+def _gns_tracker(config: TrainConfig):
+    every = config.gns_every or (10 if config.strategy == "gns" else 0)
+    if not every:
+        return None
+    from labkit.gns import GNSTracker
+    return GNSTracker(every=every)
+
+
+def _gns_signal(gns) -> dict[str, float]:
+    return {"gns": gns.b_simple} if gns is not None and gns.b_simple is not None else {}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
+
+
+def _save_history(out: Path | None, rows: list[dict]) -> pd.DataFrame:
+    history = pd.DataFrame(rows)
+    if out is not None:
+        history.to_csv(out / "history.csv", index=False)
+    return history
+
+
+def _write_config(out: Path, config: TrainConfig, device: torch.device) -> None:
+    record = {"config": asdict(config), "provenance": provenance(device)}
+    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+__all__ = ["TrainConfig", "fit", "evaluate", "Diverged"]
