@@ -33,7 +33,10 @@ def pick_device(requested: str | None = None):
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (with '+dirty' if the tree has changes), or 'unknown'."""
+    """``$LABKIT_COMMIT`` if set (a copy without .git, e.g. on a GPU machine), else the repository's HEAD
+    commit (with '+dirty' if tracked files changed), else 'unknown'."""
+    if os.environ.get("LABKIT_COMMIT"):
+        return os.environ["LABKIT_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -41,7 +44,7 @@ def git_commit() -> str:
                                capture_output=True, text=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("LABKIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def provenance(device=None) -> dict:
