@@ -93,7 +93,8 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     # -- data, model, strategy, optimizer --------------------------------------------------------------
     data = load(config.dataset, root=config.data_root, device=device)
     if quick:
-        data = data.subset(*QUICK_SIZES, seed=config.seed)
+        data = data.subset(min(QUICK_SIZES[0], len(data.y_train)), min(QUICK_SIZES[1], len(data.y_test)),
+                           seed=config.seed)
     strategy = strategies.build(config.strategy, **config.strategy_params)
     n_train = len(data.y_train)
     if strategy.min_batch > n_train:

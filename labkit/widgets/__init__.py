@@ -1,0 +1,18 @@
+"""Interactive panels the chapters reuse: sliders for a, α, K, B_init and the bounds → a trajectory plot.
+
+    >>> from labkit.widgets import trajectory_panel
+    >>> panel = trajectory_panel("loss", steps=40, alpha=[0.1, 0.3, 0.9])   # a synthetic loss curve
+    >>> panel                      # in Jupyter: live ipywidgets; in the built book: static HTML + JS
+
+Also: ``trajectory(strategy, steps, signals)`` steps any strategy over a signal sequence and returns
+B_0 … B_steps; ``synthetic_loss`` / ``synthetic_entropy`` / ``synthetic_gns`` make deterministic signal
+curves; ``plot_trajectories`` draws trajectories with matplotlib.
+Chapters: every strategy chapter of the book.
+"""
+from labkit.widgets.grid import MAX_POINTS, trajectory
+from labkit.widgets.panel import TrajectoryPanel, trajectory_panel
+from labkit.widgets.plot import plot_trajectories
+from labkit.widgets.synthetic import default_signals, synthetic_entropy, synthetic_gns, synthetic_loss
+
+__all__ = ["trajectory_panel", "TrajectoryPanel", "trajectory", "plot_trajectories", "synthetic_loss",
+           "synthetic_entropy", "synthetic_gns", "default_signals", "MAX_POINTS"]
