@@ -126,7 +126,17 @@ def test_loss_variance_grows_when_settled_and_shrinks_when_noisy():
     s = S.LossBased(b_init=64, a=2, delta="variance", window=3, tolerance=0.05, max_batch=1024)
     settled = [1.00, 1.01, 0.99, 1.00]
     assert [s.step(loss=l) for l in settled] == [64, 64, 128, 256]
-    assert s.step(loss=2.0) == 128      # the window [0.99, 1.0, 2.0] fluctuates: cv ≈ 0.47
+    assert s.step(loss=2.0) == 128      # [0.99, 1.0, 2.0]: rose over the window
+    assert s.step(loss=1.0) == 64       # [1.0, 2.0, 1.0]: flat end to end, cv ≈ 0.35 → fluctuates
+    assert [d.reason.split(":")[0] for d in s.history[2:]] == ["grow", "grow", "shrink", "shrink"]
+
+
+def test_loss_variance_reads_a_steady_fall_as_a_fall():
+    """A falling loss has a large variance; the window's direction must win over it."""
+    s = S.LossBased(b_init=64, a=2, delta="variance", window=3, tolerance=0.05, max_batch=1024)
+    traj = [s.step(loss=l) for l in [0.8, 0.4, 0.2, 0.1, 0.05]]
+    assert traj == [64, 64, 128, 256, 512]
+    assert "fell" in s.history[-1].reason
 
 
 def test_window_variance_is_numpy_population_variance():

@@ -22,8 +22,10 @@ class LossBased(Adaptive):
 
     * diff / ema: Δ < −τ·|reference| → grow; Δ > τ·|reference| → shrink; otherwise hold. The reference is
       the previous loss (diff) or the previous average (ema).
-    * variance: the loss is *settled* when its coefficient of variation √var / |mean| ≤ τ → grow;
-      above τ it fluctuates → shrink.
+    * variance: over the window of K losses, a fall from first to last by more than τ·|first| → grow, a
+      rise by more than that → shrink; when it is flat, the variance decides: the loss has *settled* when
+      its coefficient of variation √var / |mean| ≤ τ → grow, above τ it fluctuates → shrink. (Judging by
+      the variance alone would read a steadily falling loss as a fluctuating one.)
 
     Growth follows ``change``: ``"linear"`` adds/subtracts ``a``, ``"exponential"`` multiplies/divides by ``a``.
     Until the tracker has enough history (1 loss for diff/ema, K for variance) the batch holds.
@@ -55,17 +57,26 @@ class LossBased(Adaptive):
         if reading is None:
             return self.value, f"hold: warming up the {self.delta} tracker"
         if self.delta == "variance":
-            mean = self.tracker.mean
-            cv = reading ** 0.5 / abs(mean) if mean else float("inf")
-            if cv <= self.tolerance:
-                return self._grown(), f"grow: loss settled (cv {cv:.3g} <= {self.tolerance:g})"
-            return self._shrunk(), f"shrink: loss fluctuates (cv {cv:.3g} > {self.tolerance:g})"
+            return self._judge_window(reading)
         threshold = self.tolerance * abs(reference)
         if reading < -threshold:
             return self._grown(), f"grow: loss fell (Δ {reading:.3g})"
         if reading > threshold:
             return self._shrunk(), f"shrink: loss rose (Δ {reading:.3g})"
         return self.value, f"hold: |Δ| {abs(reading):.3g} within tolerance"
+
+    def _judge_window(self, variance: float) -> tuple[float, str]:
+        first, last = self.tracker.values[0], self.tracker.values[-1]
+        change = last - first
+        if change < -self.tolerance * abs(first):
+            return self._grown(), f"grow: loss fell over the window ({first:.3g} → {last:.3g})"
+        if change > self.tolerance * abs(first):
+            return self._shrunk(), f"shrink: loss rose over the window ({first:.3g} → {last:.3g})"
+        mean = self.tracker.mean
+        cv = variance ** 0.5 / abs(mean) if mean else float("inf")
+        if cv <= self.tolerance:
+            return self._grown(), f"grow: loss settled (cv {cv:.3g} <= {self.tolerance:g})"
+        return self._shrunk(), f"shrink: loss fluctuates (cv {cv:.3g} > {self.tolerance:g})"
 
     def _reference(self) -> float:
         """The value the change is relative to: the previous loss or the previous average."""
