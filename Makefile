@@ -15,9 +15,10 @@ book: $(STAMP)  ## build the Jupyter Book into _build/html (notebooks keep their
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "Open _build/html/index.html in a browser."
 
-test: $(STAMP)  ## unit tests, then the notebooks under nbval in quick mode
+test: $(STAMP)  ## unit tests (browser tests need `make book` first), then the notebooks under nbval, quick mode
 	LABKIT_QUICK=1 $(PY) -m pytest -q tests
-	@if ls notebooks/*.ipynb >/dev/null 2>&1; then LABKIT_QUICK=1 $(PY) -m pytest -q --nbval-lax notebooks; fi
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		LABKIT_QUICK=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks; fi
 
 test-fast: $(STAMP)  ## unit tests only
 	LABKIT_QUICK=1 $(PY) -m pytest -q tests

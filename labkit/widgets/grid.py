@@ -196,6 +196,9 @@ def make_controls(name: str, ranges: Mapping[str, Any], initial: Mapping[str, An
                 fixed[p] = current[init]
                 continue
             when = None
+        elif when and when[1] not in options[when[0]]:
+            fixed[p] = current[init]  # the mode it matters for is not offered
+            continue
         controls.append(Control(p, values, init, depends, when))
         chosen[p] = current[init]
     if initial:
@@ -268,9 +271,9 @@ def distinct_points(controls: Sequence[Control], max_points: int = MAX_POINTS) -
 def _too_many(controls, count, max_points) -> str:
     sizes = " × ".join(f"{c.name} {c.size}" for c in controls)
     biggest = max(controls, key=lambda c: c.size)
+    fewer = list(biggest.options(values_at(controls, [c.init for c in controls])))[:3]
     return (f"the panel's grid has {count} points ({sizes}), more than max_points={max_points}: give fewer "
-            f"options, e.g. {biggest.name}={list(biggest.options(values_at(controls, [c.init for c in controls])))[:3]!r}, "
-            f"or fix a parameter to one value")
+            f"options, e.g. {biggest.name}={fewer!r}, or fix a parameter to one value")
 
 
 # -- running a strategy -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ with ``labkit.strategies.build`` and steps it, so the reasons in ``history`` are
 """
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +52,8 @@ def build_widget(panel: "TrajectoryPanel"):
                 w = inputs[c.name]
                 if c.depends:
                     options = c.options(values)
-                    position = [o[1] for o in w.options].index(w.value) if w.value in [o[1] for o in w.options] else c.init
+                    old = [value for _, value in w.options]
+                    position = old.index(w.value) if w.value in old else c.init
                     w.options = [(_label(v), v) for v in options]
                     w.value = options[min(position, len(options) - 1)]
                 values[c.name] = w.value
@@ -61,10 +63,11 @@ def build_widget(panel: "TrajectoryPanel"):
         try:
             strategy = panel.run(**values)
         except (ValueError, TypeError) as err:
-            readout.value = f"<span style='color:#b91c1c'>{err}</span>"
+            readout.value = f"<span style='color:#b91c1c'>{html.escape(str(err))}</span>"
             out.clear_output()
             return
-        sizes = [strategy.b_init] + [d.new for d in strategy.history]
+        first = strategy.history[0].old if strategy.history else strategy.batch_size
+        sizes = [first] + [d.new for d in strategy.history]
         signal = panel.signal_name
         with out:
             out.clear_output(wait=True)
@@ -76,12 +79,12 @@ def build_widget(panel: "TrajectoryPanel"):
             plt.close(fig)
         changes = sum(1 for d in strategy.history if d.new != d.old)
         last = strategy.history[-1].reason if strategy.history else ""
-        readout.value = (f"B: {sizes[0]} → {sizes[-1]} · mean {sum(sizes) / len(sizes):.1f} · samples ΣB = "
-                         f"{sum(sizes)} · changes {changes} · last reason: <i>{last}</i>")
+        readout.value = (f"B: {sizes[0]} → {sizes[-1]} · mean {sum(sizes) / len(sizes):.1f} · changes {changes}"
+                         f" · last reason: <i>{html.escape(last)}</i>")
 
     widgets = list(inputs.values()) + ([lr_select] if lr_select else [])
     for w in widgets:
         w.observe(redraw, names="value")
     redraw()
     controls = W.HBox(widgets, layout=W.Layout(flex_flow="row wrap"))
-    return W.VBox([W.HTML(f"<b>{panel.title}</b>"), controls, out, readout])
+    return W.VBox([W.HTML(f"<b>{html.escape(panel.title)}</b>"), controls, out, readout])

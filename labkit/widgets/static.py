@@ -129,8 +129,7 @@ JS = r"""
         var sum = 0, changes = 0;
         run.forEach(function (b, k) { sum += b; if (k > 0 && b !== run[k - 1]) changes += 1; });
         readout.textContent = "B: " + run[0] + " \u2192 " + run[run.length - 1] +
-          " \u00b7 mean " + fmt(Math.round(sum / run.length * 10) / 10) +
-          " \u00b7 samples \u03a3B = " + sum + " \u00b7 changes " + changes;
+          " \u00b7 mean " + fmt(Math.round(sum / run.length * 10) / 10) + " \u00b7 changes " + changes;
         root.setAttribute("data-state", "ok");
       }
 
@@ -143,8 +142,10 @@ JS = r"""
         var s = ['<svg viewBox="0 0 ' + W + " " + H + '" role="img" aria-label="batch size trajectory">'];
         for (var e = Math.ceil(lo); e <= Math.floor(hi); e++) {
           var yy = y(Math.pow(2, e)).toFixed(1);
-          s.push('<line class="lk-grid" x1="' + left + '" x2="' + (W - right) + '" y1="' + yy + '" y2="' + yy + '"/>');
-          s.push('<text x="' + (left - 6) + '" y="' + yy + '" dy="3.5" text-anchor="end">' + Math.pow(2, e) + "</text>");
+          s.push('<line class="lk-grid" x1="' + left + '" x2="' + (W - right) + '" y1="' + yy +
+                 '" y2="' + yy + '"/>');
+          s.push('<text x="' + (left - 6) + '" y="' + yy + '" dy="3.5" text-anchor="end">' + Math.pow(2, e) +
+                 "</text>");
         }
         var xs = niceStep(n), axisY = top + ph;
         for (var k = 0; k <= n; k += xs) {
@@ -179,8 +180,10 @@ JS = r"""
           if (panel.step) path += "H" + x(n).toFixed(1);
           s.push('<path class="lk-axis" d="M' + left + " " + t0 + "V" + (t0 + sh) + "H" + (W - right) + '"/>');
           s.push('<path class="' + (panel.step ? "lk-lr" : "lk-signal") + '" d="' + path + '"/>');
-          s.push('<text x="' + (left - 6) + '" y="' + (t0 + 4) + '" text-anchor="end">' + fmt(Number(smax.toPrecision(3))) + "</text>");
-          s.push('<text x="' + (left - 6) + '" y="' + (t0 + sh) + '" text-anchor="end">' + fmt(Number(smin.toPrecision(3))) + "</text>");
+          s.push('<text x="' + (left - 6) + '" y="' + (t0 + 4) + '" text-anchor="end">' +
+                 fmt(Number(smax.toPrecision(3))) + "</text>");
+          s.push('<text x="' + (left - 6) + '" y="' + (t0 + sh) + '" text-anchor="end">' +
+                 fmt(Number(smin.toPrecision(3))) + "</text>");
           s.push('<text x="' + (left + 6) + '" y="' + (t0 + sh + 16) + '">' + esc(panel.label) + "</text>");
         });
         s.push("</svg>");
