@@ -27,3 +27,19 @@ def plot_history(history: pd.DataFrame, path: str | Path | None = None, title: s
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def plot_runs(histories: pd.DataFrame, y: str = "test_acc", x: str = "wall_time_s", ax=None, runs=None):
+    """One line per run (mean over seeds, shaded min–max), from ``labkit.experiments.load_histories``."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 4), layout="constrained")[1]
+    for i, (run, frame) in enumerate(histories.groupby("run", sort=False)):
+        if runs is not None and run not in runs:
+            continue
+        by_epoch = frame.groupby("epoch")
+        xs, mean = by_epoch[x].mean(), by_epoch[y].mean()
+        ax.plot(xs, mean, label=run, color=f"C{i % 10}")
+        ax.fill_between(xs, by_epoch[y].min(), by_epoch[y].max(), color=f"C{i % 10}", alpha=0.15)
+    ax.set(xlabel=x.replace("_", " "), ylabel=y.replace("_", " "))
+    return ax
