@@ -15,6 +15,7 @@ Each call appends a ``Decision(step, old, new, reason)`` to ``history``.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,7 +32,7 @@ class Decision:
     reason: str
 
 
-class Strategy(Stateful):
+class Strategy(Stateful, ABC):
     """Base class: bounds, clamping, rounding, the decision log and ``state_dict``.
 
     Args:
@@ -82,8 +83,9 @@ class Strategy(Stateful):
         self.history.append(Decision(self.steps, old, self.batch_size, reason))
         return self.batch_size
 
+    @abstractmethod
     def _decide(self, **signals: float) -> tuple[float, str]:
-        raise NotImplementedError  # abstract: each strategy implements its rule
+        """The rule: the next (unclamped) value and the reason for it."""
 
     # -- bounds and rounding ----------------------------------------------------------------------
     def _clamp(self, value: float) -> float:

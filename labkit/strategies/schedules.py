@@ -6,6 +6,7 @@ the step-by-step rule. Chapter: Schedules (linear, exponential, cyclical, warm-u
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Mapping
 
 from labkit.checks import check_choice, check_float, check_int
@@ -18,8 +19,9 @@ class Schedule(Strategy):
     def _decide(self, **signals: float) -> tuple[float, str]:
         return self._value_at(self.steps + 1), self.rule
 
+    @abstractmethod
     def _value_at(self, k: int) -> float:
-        raise NotImplementedError  # abstract: each schedule implements its formula
+        """The formula: the unclamped value after k steps."""
 
     def batch_size_at(self, k: int) -> int:
         """Closed form: the batch size after k calls of ``step()``, round(clamp(formula(k)))."""
