@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -106,7 +106,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
         model = model.to(memory_format=torch.channels_last)
     base_batch = config.base_batch or strategy.b_init
     optimizer = _optimizer(config, model)
-    forward = _compiled(model) if config.compile else model
+    forward = compiled(model) if config.compile else model
     gns = _gns_tracker(config)
     train = DeviceBatcher(data.x_train, data.y_train, mean=data.mean, std=data.std, shuffle=True,
                           seed=config.seed, drop_last=True)
@@ -231,13 +231,14 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optim
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _compiled(model: torch.nn.Module):
-    """``torch.compile`` with the batch dimension dynamic, so a new batch size reuses the same graph."""
-    compiled = torch.compile(model)
+def compiled(model: torch.nn.Module, backend: str | Callable = "inductor"):
+    """``torch.compile`` with the batch dimension marked dynamic, so a new batch size reuses the same graph
+    instead of recompiling (tests count the compilations)."""
+    compiled_model = torch.compile(model, backend=backend)
 
     def forward(x):
         torch._dynamo.mark_dynamic(x, 0)
-        return compiled(x)
+        return compiled_model(x)
     return forward
 
 

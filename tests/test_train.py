@@ -125,3 +125,23 @@ def test_cli_help_lists_strategy_flags(capsys):
     for flag in ("--b-init", "--a ", "--alpha", "--window", "--delta", "--change", "--min-batch", "--max-batch",
                  "--lr-rule", "--seed", "--device", "--compile"):
         assert flag in text
+
+
+def test_compiled_model_does_not_recompile_when_the_batch_size_changes():
+    import torch
+
+    from labkit.models import build_model
+    from labkit.train import compiled
+
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    model = build_model("cnn", (1, 8, 8), 10)
+    forward = compiled(model, backend=counting_backend)
+    for batch in (16, 24, 40, 64, 33, 512):
+        assert forward(torch.randn(batch, 1, 8, 8)).shape == (batch, 10)
+    assert len(graphs) == 1
