@@ -1,0 +1,17 @@
+"""Time-window inference batching: serve single requests in batches, load them, tune the window.
+
+* ``TimeWindowBatcher`` (``labkit.serving.batcher``): callers submit one sample at a time; a worker closes a
+  batch ``window_ms`` after its first request or at ``max_batch`` requests and runs the model once.
+* ``run_load``, ``poisson_arrivals`` (``labkit.serving.load``): Poisson arrivals at a rate, open loop,
+  p50/p99 latency, throughput, mean batch.
+* ``WindowController`` (``labkit.serving.controller``): AIMD on the window toward a p99 latency target.
+
+Lab sheet: *time-constrained adaptive batching*. Chapter: Time-window batching for inference.
+Benchmark: ``python -m bench.serving``.
+"""
+from labkit.serving.batcher import BatchRecord, TimeWindowBatcher
+from labkit.serving.controller import WindowController, WindowDecision
+from labkit.serving.load import LoadResult, poisson_arrivals, run_load
+
+__all__ = ["BatchRecord", "LoadResult", "TimeWindowBatcher", "WindowController", "WindowDecision",
+           "poisson_arrivals", "run_load"]
