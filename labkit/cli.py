@@ -2,6 +2,7 @@
 
     labkit train --dataset mnist --model mlp --strategy linear --b-init 64 --a 64 --epochs 10 --out runs/mnist-linear
     labkit train --dataset cifar10 --model cnn --strategy loss --delta ema --alpha 0.3 --epochs 20 --out runs/c10-loss
+    labkit find-batch --dataset cifar10 --model cnn --out runs/find-c10
     labkit train --help
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from labkit.strategies import STRATEGIES
+    from labkit.strategies import LR_RULES, STRATEGIES
 
     parser = Parser(prog="labkit", description="Adaptive batch sizes: train, compare, measure.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -61,6 +62,31 @@ def build_parser() -> Parser:
     sweep.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
                        help="[LABEL=]STRATEGY[:KEY=VALUE,...], e.g. fixed:b_init=128 loss:delta=ema,alpha=0.3")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
+
+    find = commands.add_parser("find-batch", help="recommend a batch size and learning rate before training",
+                               description="Finds the largest batch that fits, the gradient noise scale B_simple "
+                                           "over a short stretch of training and samples/s at a few sizes; "
+                                           "recommends min(B_simple, largest that fits) and the lr scaled to it. "
+                                           "With --out: recommendation.json, evidence.csv, finder.png.")
+    find.add_argument("--dataset", default="mnist", help="mnist | fashion-mnist | cifar10 | mnist1d | digits")
+    find.add_argument("--model", default="mlp", help="mlp | cnn | resnet | conv1d")
+    find.add_argument("--lr", type=float, default=0.05, help="learning rate tuned for --base-batch")
+    find.add_argument("--lr-rule", default="sqrt", choices=LR_RULES, help="how lr follows the batch size")
+    find.add_argument("--base-batch", type=int, default=128, help="batch size --lr was tuned for; B_simple is "
+                                                                  "measured there")
+    find.add_argument("--min-batch", type=int, default=16, help="smallest batch recommended")
+    find.add_argument("--max-batch", type=int, help="largest batch tried (default: the training set)")
+    find.add_argument("--gns-steps", type=int, help="training steps to measure B_simple over (default 400, quick 30)")
+    find.add_argument("--gns-every", type=int, help="a B_simple reading every N of them (default 4, quick 2)")
+    find.add_argument("--sizes", type=int, nargs="+", help="batch sizes to time (default: x4 steps up to the max)")
+    find.add_argument("--memory-cap", type=float, metavar="GIB", help="treat a step needing more GiB as out of "
+                                                                      "memory (default: none on CUDA, 1 on CPU, "
+                                                                      "0.25 quick)")
+    find.add_argument("--seed", type=int, default=0)
+    find.add_argument("--device", help="cuda | cpu (default: cuda when present)")
+    find.add_argument("--quick", action="store_true", help="small data subset and budgets (as LABKIT_QUICK=1)")
+    find.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
+    find.add_argument("--out", type=Path, help="folder for recommendation.json, evidence.csv, finder.png")
     return parser
 
 
@@ -108,7 +134,7 @@ def parse_milestones(text: str) -> dict[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"train": _train, "sweep": _sweep}[args.command]
+    command = {"train": _train, "sweep": _sweep, "find-batch": _find_batch}[args.command]
     try:
         return command(parser, args)
     except (TypeError, ValueError, FileNotFoundError) as error:
@@ -147,6 +173,34 @@ def _sweep(parser: Parser, args: argparse.Namespace) -> int:
     table = sweep(_base_config(args), args.runs, args.seeds, args.out, progress=not args.no_progress)
     table.to_csv(args.out / "summary.csv")
     print(table.round(4).to_string())
+    return 0
+
+
+def _find_batch(parser: Parser, args: argparse.Namespace) -> int:
+    import logging
+
+    from labkit.finder import find_batch_size
+    from labkit.memory import NothingFits
+
+    progress = logging.StreamHandler(sys.stderr)          # the memory search's "batch 512 fits ..." lines
+    logger = logging.getLogger("labkit")
+    logger.addHandler(progress)
+    logger.setLevel(logging.INFO)
+    try:
+        rec = find_batch_size(args.model, args.dataset, device=args.device, lr=args.lr, lr_rule=args.lr_rule,
+                              base_batch=args.base_batch, min_batch=args.min_batch, max_batch=args.max_batch,
+                              gns_steps=args.gns_steps, gns_every=args.gns_every, sizes=args.sizes,
+                              memory_cap_bytes=None if args.memory_cap is None else args.memory_cap * 2**30,
+                              quick=True if args.quick else None, seed=args.seed, data_root=args.data_root)
+    except NothingFits as error:
+        print(f"labkit find-batch: {error}", file=sys.stderr)
+        return 1
+    finally:
+        logger.removeHandler(progress)
+    print(rec.evidence.round(4).to_string(index=False))
+    print(f"recommended: {rec}")
+    if args.out is not None:
+        print(f"wrote {', '.join(str(path) for path in rec.save(args.out))}")
     return 0
 
 

@@ -51,7 +51,7 @@ class TrainConfig:
     optimizer: str = "sgd"            # sgd (momentum 0.9, nesterov) | adam
     weight_decay: float = 5e-4
     decide_every: str = "epoch"       # epoch | step: when the strategy takes a decision
-    gns_every: int = 0                # measure the gradient noise scale every N steps (0: off; on for gns)
+    gns_every: int = 0                # GNS reading every N steps (0: off; GNSTracker's default for gns)
     seed: int = 0
     device: str | None = None         # None: CUDA when present
     compile: bool = False
@@ -150,14 +150,13 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                 group["lr"] = lr
             if images:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            # -- forward / backward (a GNS measurement does the backward itself, in microbatches) ------
-            with autocast:
-                logits = forward(xb)
-                loss = F.cross_entropy(logits, yb)
+            # -- forward / backward (on a GNS step, the tracker's k microbatch passes do both) ----------
             if gns is not None and gns.due(step):
-                with autocast:
-                    gns.measure(model, F.cross_entropy, xb, yb)
+                logits, loss = _measured_step(gns, model, xb, yb, autocast)
             else:
+                with autocast:
+                    logits = forward(xb)
+                    loss = F.cross_entropy(logits, yb)
                 loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -243,11 +242,28 @@ def compiled(model: torch.nn.Module, backend: str | Callable = "inductor"):
 
 
 def _gns_tracker(config: TrainConfig):
-    every = config.gns_every or (10 if config.strategy == "gns" else 0)
-    if not every:
+    """The tracker: every ``gns_every`` steps, or at ``GNSTracker``'s default interval for the gns strategy."""
+    if not config.gns_every and config.strategy != "gns":
         return None
     from labkit.gns import GNSTracker
-    return GNSTracker(every=every)
+    return GNSTracker(every=config.gns_every) if config.gns_every else GNSTracker()
+
+
+def _measured_step(gns, model, xb, yb, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GNS step's forward and backward, without a pass of its own: the tracker's k microbatch passes
+    leave the batch's mean gradient in ``.grad``, and their logits (concatenated) and losses (the
+    size-weighted mean) stand in for the batch's. BatchNorm normalises each microbatch by its own
+    statistics, so these logits differ slightly from one full-batch forward's."""
+    parts = []
+
+    def loss_fn(logits, target):
+        loss = F.cross_entropy(logits, target)
+        parts.append((logits.detach(), loss.detach() * len(target)))
+        return loss
+
+    with autocast:
+        gns.measure(model, loss_fn, xb, yb)
+    return torch.cat([logits for logits, _ in parts]), torch.stack([total for _, total in parts]).sum() / len(yb)
 
 
 def _gns_signal(gns) -> dict[str, float]:

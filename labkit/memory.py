@@ -1,0 +1,262 @@
+"""The largest batch whose training step fits in memory: grow ×2 until a step fails, then bisect.
+
+    >>> probe = max_batch_that_fits(probe_step(model, optimizer, batch_of), start=32, limit=8192,
+    ...                             restore=(model, optimizer))
+    >>> probe.max_batch, probe.table()
+
+The search is Lightning's ``BatchSizeFinder(mode="binsearch")``: try start, 2·start, 4·start, … until a
+step runs out of memory or reaches ``limit``, then bisect between the last size that fitted and the first
+that did not, on multiples of ``multiple_of``. If every size below a threshold T fits and none above,
+it takes about log2(T/start) + log2(T/(2·multiple_of)) tries and returns the largest multiple below T.
+
+Only running out of memory means "does not fit": ``torch.cuda.OutOfMemoryError`` on a GPU, and
+``MemoryCapExceeded`` when a step would pass a cap you set. Any other error is a bug and is re-raised.
+After an out-of-memory error the failed step's tensors are released (``gc.collect()``,
+``torch.cuda.empty_cache()``) before the next try; the objects in ``restore`` (model, optimizer) get
+their state back in a ``finally``: probing trains nothing, even when it fails.
+
+Memory of a step: on CUDA, ``torch.cuda.max_memory_allocated`` over the step (the whole process: data,
+weights, optimizer state, activations); a cap is checked after the step. The CPU has no allocator to ask,
+so ``StepMemory`` models it and a cap is checked before the step: this is how the search runs (and is
+tested) without a GPU.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from labkit.checks import check_float, check_int
+
+log = logging.getLogger(__name__)
+ACTIVATION_FACTOR = 2.0   # StepMemory: activations kept for backward + the gradients flowing back
+PARAMETER_COPIES = 4      # StepMemory: weights, gradients, up to two optimizer slots (Adam's moments)
+
+
+class MemoryCapExceeded(RuntimeError):
+    """A step would use more memory than the cap set for it (the CPU's stand-in for a CUDA OOM)."""
+
+
+OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryCapExceeded)   # the only errors a search catches
+
+
+class NothingFits(RuntimeError):
+    """Not even the smallest batch of a search fits in memory."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One try of the search: did ``batch`` fit; its peak memory in bytes (nan when unknown), or why not."""
+    batch: int
+    fits: bool
+    peak_bytes: float = math.nan
+    error: str = ""
+
+    def __str__(self) -> str:
+        return f"fits ({format_bytes(self.peak_bytes)} peak)" if self.fits else f"does not fit ({self.error})"
+
+
+@dataclass(frozen=True)
+class MemoryProbe:
+    """A search's result: ``max_batch`` fits; ``limited`` when that is ``limit``, not memory, speaking."""
+    max_batch: int
+    limit: int
+    trials: tuple[Trial, ...]
+
+    @property
+    def limited(self) -> bool:
+        return self.max_batch == self.limit
+
+    def table(self):
+        """The trials in the order tried, as a pandas table: batch, fits, peak_mb, error."""
+        import pandas as pd
+
+        return pd.DataFrame({"batch": [t.batch for t in self.trials], "fits": [t.fits for t in self.trials],
+                             "peak_mb": [t.peak_bytes / 2**20 for t in self.trials],
+                             "error": [t.error for t in self.trials]})
+
+
+def max_batch_that_fits(try_step: Callable[[int], float | None], start: int = 32, limit: int = 65536, *,
+                        multiple_of: int = 8, restore: tuple = ()) -> MemoryProbe:
+    """The largest multiple of ``multiple_of`` up to ``limit`` for which ``try_step(batch)`` runs.
+
+    Args:
+        try_step: runs one training step (forward, backward, optimizer step) on a batch of that size and
+            returns its peak memory in bytes (or None); ``probe_step`` builds one.
+        start: the first size tried, a multiple of ``multiple_of``; if it does not fit, the search
+            bisects below it.
+        limit: the largest size tried (e.g. the training set's size), rounded down to a multiple.
+        restore: objects with ``state_dict``/``load_state_dict`` (model, optimizer) to restore afterwards.
+
+    Raises ``NothingFits`` when not even ``multiple_of`` examples fit.
+    """
+    multiple_of = check_int("multiple_of", multiple_of, low=1)
+    limit = check_int("limit", limit, low=multiple_of) // multiple_of * multiple_of
+    start = check_int("start", start, low=multiple_of, high=limit)
+    if start % multiple_of:
+        raise ValueError(f"start={start} is not a multiple of multiple_of={multiple_of}: "
+                         f"use start={-(-start // multiple_of) * multiple_of}")
+    trials: list[Trial] = []
+    with preserved(*restore):
+        good, bad, batch = 0, None, start       # the largest size known to fit, the smallest known not to
+        while batch is not None:
+            trials.append(_try(try_step, batch))
+            good, bad = (batch, bad) if trials[-1].fits else (good, batch)
+            batch = _next_batch(good, bad, limit, multiple_of)
+            log.info("batch %d %s, %s", trials[-1].batch, trials[-1], f"trying {batch}" if batch else "done")
+    if good == 0:
+        raise NothingFits(f"no batch fits: even {multiple_of} examples ran out of memory ({trials[-1].error}); "
+                          f"free memory, use a smaller model or raise the memory cap")
+    log.info("largest batch that fits: %d%s, after %d tries", good, " (the limit)" if good == limit else "",
+             len(trials))
+    return MemoryProbe(good, limit, tuple(trials))
+
+
+def _try(try_step: Callable[[int], float | None], batch: int) -> Trial:
+    try:
+        peak = try_step(batch)
+        return Trial(batch, True, math.nan if peak is None else float(peak))
+    except OUT_OF_MEMORY as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        midway = isinstance(error, torch.cuda.OutOfMemoryError)   # a cap refuses before or after a step:
+    if midway:                                                      # then nothing is left half-allocated
+        free_memory()                 # outside ``except``: the error and the failed step's frames are gone
+    return Trial(batch, False, error=message)
+
+
+def _next_batch(good: int, bad: int | None, limit: int, multiple_of: int) -> int | None:
+    """×2 while everything fitted (up to ``limit``), then the multiple halfway between; None when done."""
+    if bad is None:
+        return None if good == limit else min(2 * good, limit)
+    if bad - good <= multiple_of:
+        return None
+    return (good + bad) // 2 // multiple_of * multiple_of
+
+
+def probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch_of: Callable[[int], tuple[Tensor, Tensor]],
+               *, loss_fn=F.cross_entropy, memory_cap_bytes: float | None = None) -> Callable[[int], float]:
+    """A ``try_step`` for ``max_batch_that_fits``: ``train_step`` on ``batch_of(batch)``, returning its peak
+    memory in bytes. With ``memory_cap_bytes``, a step whose peak passes the cap raises
+    ``MemoryCapExceeded``: on CUDA after the step, from the measured peak; on the CPU before it, from
+    ``StepMemory``'s prediction, so no oversized batch is ever allocated."""
+    cap = None if memory_cap_bytes is None else check_float("memory_cap_bytes", memory_cap_bytes, low=0.0,
+                                                            low_open=True)
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    estimate: list[StepMemory] = []     # measured on the first call
+
+    def try_step(batch: int) -> float:
+        if not cuda:
+            if not estimate:
+                estimate.append(StepMemory.of(model, batch_of(1)[0]))
+            peak = estimate[0](batch)
+            if cap is not None and peak > cap:
+                raise MemoryCapExceeded(f"batch {batch} needs about {format_bytes(peak)}, more than the cap "
+                                        f"of {format_bytes(cap)}")
+            train_step(model, optimizer, *batch_of(batch), loss_fn)
+            return peak
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step(model, optimizer, *batch_of(batch), loss_fn)
+        torch.cuda.synchronize(device)
+        peak = float(torch.cuda.max_memory_allocated(device))
+        if cap is not None and peak > cap:
+            raise MemoryCapExceeded(f"batch {batch} peaked at {format_bytes(peak)}, more than the cap of "
+                                    f"{format_bytes(cap)}")
+        return peak
+
+    return try_step
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               loss_fn=F.cross_entropy) -> Tensor:
+    """One training step as ``labkit.train.fit`` takes it: forward and loss (bf16 autocast on CUDA),
+    backward, optimizer step. Gradients are cleared in a ``finally``, also when the step runs out of
+    memory. Returns the loss, detached (reading it is a CPU–GPU sync: the caller decides)."""
+    try:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """A rough model of a training step's peak memory in bytes, for devices that cannot report it:
+
+        bytes(B) = PARAMETER_COPIES · P + B · ACTIVATION_FACTOR · (x + Σ_layers out)
+
+    P: the parameters' bytes (weights, gradients, optimizer slots); x: one example's bytes; Σ out: the
+    bytes of every leaf module's output for one example (a forward hook, in eval mode, no grad). Autograd
+    keeps about one copy of the activations for backward, and backward's gradients are at most another.
+    It is a cap the search can hit on a CPU, not a measurement: GPU kernels add workspace, bf16 halves
+    activations, in-place layers save some.
+    """
+    fixed_bytes: float
+    per_example_bytes: float
+
+    @classmethod
+    def of(cls, model: nn.Module, example: Tensor) -> StepMemory:
+        """Measured with one forward pass of ``example`` (a batch of one)."""
+        outputs = [example.nbytes / len(example)]
+
+        def record(_module, _inputs, output):
+            if isinstance(output, Tensor):
+                outputs.append(output.nbytes / len(output))
+
+        leaves = [m for m in model.modules() if not any(m.children())]
+        hooks = [m.register_forward_hook(record) for m in leaves]
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(example)
+        finally:
+            model.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        params = sum(p.nbytes for p in model.parameters())
+        return cls(PARAMETER_COPIES * params, ACTIVATION_FACTOR * sum(outputs))
+
+    def __call__(self, batch: int) -> float:
+        return self.fixed_bytes + batch * self.per_example_bytes
+
+
+@contextmanager
+def preserved(*objects) -> Iterator[None]:
+    """Save each object's ``state_dict()`` (deep copies) and load it back on exit, even after an error."""
+    saved = [copy.deepcopy(obj.state_dict()) for obj in objects]
+    try:
+        yield
+    finally:
+        for obj, state in zip(objects, saved):
+            obj.load_state_dict(state)
+
+
+def free_memory() -> None:
+    """Release what a failed step left: collect reference cycles, return cached CUDA blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def format_bytes(n: float) -> str:
+    """1536 → '1.5 KiB', 3.4e9 → '3.17 GiB', nan → 'unknown'."""
+    if not math.isfinite(n):
+        return "unknown"
+    exponent = min(int(math.log(max(abs(n), 1.0), 1024)), 3)
+    return f"{n / 1024 ** exponent:.3g} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
+
+
+__all__ = ["max_batch_that_fits", "probe_step", "train_step", "StepMemory", "MemoryProbe", "Trial",
+           "MemoryCapExceeded", "NothingFits", "OUT_OF_MEMORY", "preserved", "free_memory", "format_bytes"]

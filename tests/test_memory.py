@@ -1,0 +1,177 @@
+"""labkit.memory: the search against a fake step with a known threshold, the OOM handling, state restored,
+and the CPU cap on a real model."""
+import logging
+import math
+import weakref
+from unittest.mock import patch
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from labkit import memory
+from labkit.memory import (MemoryCapExceeded, NothingFits, StepMemory, format_bytes, max_batch_that_fits,
+                           probe_step)
+
+
+def oom_above(threshold: int, tried: list):
+    """A step that runs out of CUDA memory at ``threshold`` examples and more."""
+    def step(batch):
+        tried.append(batch)
+        if batch >= threshold:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {batch} MiB")
+        return batch * 2.0**20
+    return step
+
+
+@settings(max_examples=200, deadline=None)
+@given(threshold=st.integers(1, 20_000), multiple_of=st.sampled_from([1, 8, 32]),
+       start_multiples=st.integers(1, 64), extra=st.integers(0, 20_000))
+def test_search_finds_the_largest_multiple_below_the_threshold(threshold, multiple_of, start_multiples, extra):
+    start = start_multiples * multiple_of
+    limit = start + extra
+    tried = []
+    top = limit // multiple_of * multiple_of
+    expected = min(top, (threshold - 1) // multiple_of * multiple_of)
+    with patch.object(memory, "free_memory", lambda: None):      # gc.collect() takes 0.1 s here
+        if expected == 0:
+            with pytest.raises(NothingFits, match=f"even {multiple_of} examples ran out of memory"):
+                max_batch_that_fits(oom_above(threshold, tried), start, limit, multiple_of=multiple_of)
+        else:
+            probe = max_batch_that_fits(oom_above(threshold, tried), start, limit, multiple_of=multiple_of)
+            assert probe.max_batch == expected and probe.limited == (expected == top)
+            assert [t.batch for t in probe.trials] == tried
+    assert len(tried) == len(set(tried)) and all(b % multiple_of == 0 and b <= top for b in tried)
+    assert len(tried) <= 2 * math.ceil(math.log2(top / multiple_of)) + 2      # O(log): grow, then bisect
+
+
+def test_search_log_lines_and_table(caplog):
+    with caplog.at_level(logging.INFO, logger="labkit.memory"):
+        probe = max_batch_that_fits(oom_above(1000, []), start=256, limit=4096)
+    assert probe.max_batch == 992
+    lines = caplog.messages
+    assert lines[0] == "batch 256 fits (256 MiB peak), trying 512"
+    assert lines[2] == "batch 1024 does not fit (CUDA out of memory. Tried to allocate 1024 MiB), trying 768"
+    assert lines[-1] == "largest batch that fits: 992, after 9 tries"
+    table = probe.table()
+    assert list(table.columns) == ["batch", "fits", "peak_mb", "error"]
+    assert table.batch.tolist()[:4] == [256, 512, 1024, 768] and table.fits.sum() == 6
+
+
+def test_memory_is_freed_after_the_failed_step_is_gone(monkeypatch):
+    refs, seen = [], []
+
+    def step(batch):
+        activations = torch.ones(1000)               # what a failed step leaves behind
+        refs.append(weakref.ref(activations))
+        if batch > 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(memory, "free_memory", lambda: seen.append(refs[-1]() is None))
+    assert max_batch_that_fits(step, start=32, limit=1024).max_batch == 64
+    assert seen == [True] * 4                        # 128, 96, 80, 72 failed; each freed after release
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def batches(size):
+    generator = torch.Generator().manual_seed(size)
+    return torch.randn(size, 1, 8, 8, generator=generator), torch.randint(0, 10, (size,), generator=generator)
+
+
+def snapshot(model, optimizer):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, repr(optimizer.state_dict()))
+
+
+@pytest.mark.parametrize("error", [ValueError("shapes do not match"), RuntimeError("CUDA error: device-side assert")])
+def test_other_errors_are_raised_and_the_state_still_restored(error):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    weights, optimizer_state = snapshot(model, optimizer)
+    train = probe_step(model, optimizer, batches)
+
+    def step(batch):
+        if batch == 64:
+            raise error
+        return train(batch)
+
+    with pytest.raises(type(error), match=str(error)):
+        max_batch_that_fits(step, start=16, limit=1024, restore=(model, optimizer))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert repr(optimizer.state_dict()) == optimizer_state
+
+
+def test_cpu_cap_binds_at_the_step_memory_model_and_probing_trains_nothing():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    weights, optimizer_state = snapshot(model, optimizer)
+    estimate = StepMemory.of(model, batches(1)[0])
+    assert estimate.fixed_bytes == memory.PARAMETER_COPIES * 4 * sum(p.numel() for p in model.parameters())
+    # per example: the input and every leaf's output (64 + 64 + 32 + 32 + 32 + 10 floats), doubled
+    assert estimate.per_example_bytes == memory.ACTIVATION_FACTOR * 4 * (64 + 64 + 3 * 32 + 10)
+    cap = estimate(300) + 1
+    probe = max_batch_that_fits(probe_step(model, optimizer, batches, memory_cap_bytes=cap), start=8, limit=4096,
+                                restore=(model, optimizer))
+    assert probe.max_batch == 296 and not probe.limited
+    failed = [t for t in probe.trials if not t.fits]
+    assert failed and all("more than the cap" in t.error for t in failed)
+    assert all(t.peak_bytes == pytest.approx(estimate(t.batch)) for t in probe.trials if t.fits)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())      # BN statistics too
+    assert repr(optimizer.state_dict()) == optimizer_state
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_probe_step_trains_and_raises_the_cap_before_allocating():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    built = []
+
+    def batch_of(size):
+        built.append(size)
+        return batches(size)
+
+    step = probe_step(model, optimizer, batch_of, loss_fn=F.cross_entropy, memory_cap_bytes=StepMemory.of(
+        model, batches(1)[0])(100))
+    before = model[1].weight.clone()
+    step(50)
+    assert not torch.equal(before, model[1].weight)              # a real optimizer step
+    with pytest.raises(MemoryCapExceeded, match=r"batch 200 needs about .* more than the cap"):
+        step(200)
+    assert 200 not in built                                      # refused before the batch was built
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"start": 12, "limit": 64}, "start=12 is not a multiple of multiple_of=8: use start=16"),
+    ({"start": 128, "limit": 64}, "start=128 is out of range"),
+    ({"start": 8, "limit": 64, "multiple_of": 0}, "multiple_of=0 is out of range"),
+    ({"start": 8, "limit": 4}, "limit=4 is out of range"),
+])
+def test_bad_arguments_name_the_value(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        max_batch_that_fits(lambda batch: None, **kwargs)
+
+
+def test_format_bytes():
+    assert [format_bytes(n) for n in (512, 1536, 3.2 * 2**30, math.nan)] == ["512 B", "1.5 KiB", "3.2 GiB", "unknown"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_real_cuda_out_of_memory_is_caught_and_released():
+    device = torch.device("cuda")
+    baseline = torch.cuda.memory_allocated(device)
+    free, total = torch.cuda.mem_get_info(device)
+
+    def step(gib):                                   # "batch" = GiB allocated; above the free memory: OOM
+        block = torch.empty(gib * 2**30, dtype=torch.uint8, device=device)
+        return float(block.nbytes)
+
+    probe = max_batch_that_fits(step, start=1, limit=2 * total // 2**30, multiple_of=1)
+    assert 0 < probe.max_batch <= free / 2**30 and not probe.limited
+    assert any("out of memory" in t.error.lower() for t in probe.trials if not t.fits)
+    assert torch.cuda.memory_allocated(device) == baseline
