@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from labkit.gns import GNSTracker
 from labkit.models import MODELS
-from labkit.runtime import REPO, pick_device, provenance
+from labkit.runtime import REPO, pick_device, save_table
 from labkit.train import TrainConfig, fit
 
 TARGET = 1.10       # time with the default tracker / time without
@@ -108,13 +107,8 @@ def main(argv=None):
     table = bench(args)
     print(table[["batch_size", "every", "k", "default", "steps", "readings", "with_gns_s", "without_gns_s", "ratio",
                  "target", "meets_target"]].round(4).to_string(index=False))
-    meta = provenance(args.device) | {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
-                                      "repeats": args.repeats, "quick": args.quick,
-                                      "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    table = table.assign(**meta)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    save_table(table, args.out, args.device, model=args.model, dataset=args.dataset, epochs=args.epochs,
+               repeats=args.repeats, quick=args.quick)
 
 
 if __name__ == "__main__":

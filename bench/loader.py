@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from torchvision.transforms import v2
 from labkit import data
 from labkit.batching import DeviceBatcher
 from labkit.models import MODELS, build_model
-from labkit.runtime import REPO, pick_device, provenance
+from labkit.runtime import REPO, pick_device, save_table
 
 SHAPES = {"cifar10": (50000, (3, 32, 32)), "mnist": (60000, (1, 28, 28))}  # training set: N, one sample
 
@@ -224,13 +223,8 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     print(table[["part", "batch_size", "cudnn_benchmark", "numerator", "numerator_s", "denominator",
                  "denominator_s", "ratio", "target", "meets_target"]].round(4).to_string(index=False))
-    meta = provenance(device) | {"model": args.model, "dataset": args.dataset, "samples": len(y),
-                                 "real_data": args.real_data, "workers": args.workers, "repeats": args.repeats,
-                                 "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    table = table.assign(**meta)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    save_table(table, args.out, device, model=args.model, dataset=args.dataset, samples=len(y),
+               real_data=args.real_data, workers=args.workers, repeats=args.repeats)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Columns: speedup = throughput / one-by-one throughput at the same rate; p99_boun
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import pandas as pd
 import torch
 
 from labkit.models import MODELS, build_model
-from labkit.runtime import REPO, pick_device, provenance
+from labkit.runtime import REPO, pick_device, save_table
 from labkit.serving import TimeWindowBatcher, WindowController, run_load
 
 SAMPLE_SHAPE, NUM_CLASSES = (1, 28, 28), 10  # MNIST
@@ -149,14 +148,9 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     print(table[["rate", "mode", "window_ms", "throughput", "p50_ms", "p99_ms", "mean_batch", "speedup",
                  "p99_bound_ms", "p99_ok", "meets_target", "max_lag_ms"]].round(3).to_string(index=False))
-    meta = provenance(device) | capacity | {
-        "model": args.model, "max_batch": args.max_batch, "duration_s": args.duration, "clients": args.clients,
-        "seed": args.seed, "target_p99_ms": args.target_p99_ms, "torch_threads": torch.get_num_threads(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    table = table.assign(**meta)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    save_table(table, args.out, device, **capacity, model=args.model, max_batch=args.max_batch,
+               duration_s=args.duration, clients=args.clients, seed=args.seed, target_p99_ms=args.target_p99_ms,
+               torch_threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -61,3 +61,17 @@ def provenance(device=None) -> dict:
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def save_table(table, path, device=None, **meta) -> Path:
+    """Write a results table as CSV, each row carrying ``provenance(device)``, ``meta`` and the command line
+    that produced it (benchmarks use this so a CSV says where and how it was made)."""
+    import sys
+
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    table = table.assign(**provenance(device), **meta, command=command)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    print(f"wrote {path}")
+    return path

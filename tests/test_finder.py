@@ -17,13 +17,7 @@ from labkit.strategies import scaled_lr
 FAST = dict(device="cpu", quick=True, base_batch=32, gns_steps=16, gns_every=2, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors here are tiny: on a busy CPU, waking a second thread costs more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ BATCH, K = 256, 8  # a drawn batch and its microbatches (b = 32)
 DRAWS = 200        # batches per statistical check
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors here are tiny: on a busy CPU, waking a second thread costs more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def half_mse(output, target):
