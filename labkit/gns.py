@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -266,6 +266,8 @@ class GNSTracker(Stateful):
             optimizer.step()
     """
 
+    records = {"history": GNSEstimate}
+
     def __init__(self, every: int = 50, *, k: int = 8, alpha: float = 0.1, method: str = "two_batch",
                  window: int = 10):
         self.every = check_int("every", every, low=1)
@@ -329,11 +331,6 @@ class GNSTracker(Stateful):
             return None
         last = len(values) - 1
         return values[math.floor(0.1 * last)], values[math.ceil(0.9 * last)]
-
-    def _restore(self, name: str, value: Any) -> Any:
-        if name == "history":
-            return [GNSEstimate(**record) for record in value]
-        return value
 
     def __repr__(self) -> str:
         return (f"GNSTracker(method={self.method!r}, every={self.every}, k={self.k}, "

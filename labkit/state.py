@@ -9,11 +9,17 @@ from __future__ import annotations
 import copy
 from collections import deque
 from dataclasses import asdict, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Stateful:
-    """Mixin: everything in ``vars(self)`` is state, written once here rather than in each subclass."""
+    """Mixin: everything in ``vars(self)`` is state, written once here rather than in each subclass.
+
+    ``records`` names list attributes whose items are dataclasses (e.g. ``{"history": Decision}``): they are
+    saved as dicts and rebuilt as that dataclass on load.
+    """
+
+    records: ClassVar[dict[str, type]] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {name: _to_plain(value) for name, value in vars(self).items()}
@@ -31,12 +37,10 @@ class Stateful:
                 current.load_state_dict(saved)
             elif isinstance(current, deque):
                 setattr(self, name, deque(saved, maxlen=current.maxlen))
+            elif name in self.records:
+                setattr(self, name, [self.records[name](**record) for record in saved])
             else:
-                setattr(self, name, self._restore(name, copy.deepcopy(saved)))
-
-    def _restore(self, name: str, value: Any) -> Any:
-        """Hook for attributes that need more than a plain copy (e.g. records rebuilt from dicts)."""
-        return value
+                setattr(self, name, copy.deepcopy(saved))
 
 
 def _to_plain(value: Any) -> Any:

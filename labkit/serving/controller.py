@@ -28,7 +28,6 @@ Chapter: Time-window batching for inference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from labkit.checks import check_float, check_int
 from labkit.state import Stateful
@@ -56,6 +55,8 @@ class WindowController(Stateful):
         slack: s in (0, 1]; the band [s·T, T] holds the window (default 0.8; 1 means no band).
         every: served requests per decision, whose p99 is L (default 256; >= 1).
     """
+
+    records = {"history": WindowDecision}
 
     def __init__(self, target_p99_ms: float, *, window_ms: float = 1.0, min_ms: float = 0.1,
                  max_ms: float | None = None, decrease: float = 0.5, increase_ms: float = 0.5,
@@ -91,11 +92,6 @@ class WindowController(Stateful):
         self.window_ms = new
         self.history.append(WindowDecision(self.steps, old, new, latency, reason))
         return new
-
-    def _restore(self, name: str, value: Any) -> Any:
-        if name == "history":
-            return [WindowDecision(**record) for record in value]
-        return value
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(window_ms={self.window_ms:g}, target_p99_ms={self.target_p99_ms:g}, "

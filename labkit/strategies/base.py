@@ -48,6 +48,8 @@ class Strategy(Stateful, ABC):
     uses: ClassVar[tuple[str, ...]] = ()        # signals the rule reads
     requires: ClassVar[tuple[str, ...]] = ()    # signals that must be present on every step
 
+    records = {"history": Decision}
+
     def __init__(self, b_init: int = 32, *, min_batch: int = 8, max_batch: int = 1024, multiple_of: int = 1):
         self.multiple_of = check_int("multiple_of", multiple_of, low=1)
         self.min_batch = check_int("min_batch", min_batch, low=1)
@@ -111,12 +113,6 @@ class Strategy(Stateful, ABC):
             if signals.get(name) is not None:
                 readings[name] = check_float(f"signal {name}", signals[name])
         return readings
-
-    # -- state ------------------------------------------------------------------------------------
-    def _restore(self, name: str, value: Any) -> Any:
-        if name == "history":
-            return [Decision(**record) for record in value]
-        return value
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(batch_size={self.batch_size}, steps={self.steps}, "
