@@ -31,6 +31,7 @@ Chapter: Sequence-length batching.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -64,7 +65,7 @@ class EpochStats:
         return 1 - self.tokens / self.slots if self.slots else 0.0
 
 
-class SequenceBatcher:
+class SequenceBatcher(ABC):
     """Base class: sequences padded once to the longest, labels, and lengths, held on one device.
 
     A subclass gives ``epoch() -> (order, spans)``: a permutation of the sample indices (CPU) and the
@@ -106,8 +107,9 @@ class SequenceBatcher:
         """The number of samples (the number of batches depends on the lengths and the batch size)."""
         return self.num_samples
 
+    @abstractmethod
     def epoch(self) -> tuple[torch.Tensor, Spans]:
-        raise NotImplementedError
+        """This epoch's order of the samples and the (start, stop) span of each batch in it."""
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch of ``(tokens (B, L) int64, lengths (B,), labels (B,))`` covering every sample once."""
