@@ -55,7 +55,7 @@ from labkit.memory import MemoryProbe, max_batch_that_fits, preserved, probe_ste
 from labkit.models import MODELS, build_model
 from labkit.runtime import pick_device, provenance, quick_mode
 from labkit.strategies import LR_RULES, scaled_lr
-from labkit.train import QUICK_SIZES, TrainConfig, _optimizer
+from labkit.train import QUICK_SIZES, TrainConfig, make_optimizer
 
 MULTIPLE_OF = 8                      # batch sizes are multiples of this: tensor-core friendly, no odd kernels
 
@@ -187,7 +187,7 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
     images = len(data.input_shape) == 3 and device.type == "cuda"
     if images:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(TrainConfig(lr=lr), model)       # what fit builds: SGD, Nesterov momentum 0.9
+    optimizer = make_optimizer(TrainConfig(lr=lr), model)       # what fit builds: SGD, Nesterov momentum 0.9
     batcher = DeviceBatcher(data.x_train, data.y_train, data.mean, data.std, seed=seed, drop_last=True,
                             device=device)
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).to(device)

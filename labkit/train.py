@@ -105,7 +105,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     if images:
         model = model.to(memory_format=torch.channels_last)
     base_batch = config.base_batch or strategy.b_init
-    optimizer = _optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     forward = compiled(model) if config.compile else model
     gns = _gns_tracker(config)
     train = DeviceBatcher(data.x_train, data.y_train, mean=data.mean, std=data.std, shuffle=True,
@@ -223,7 +223,8 @@ def evaluate(model, batcher: DeviceBatcher, batch_size: int, autocast, channels_
     return (loss_sum / n).item(), (correct / n).item()          # .item(): one sync per split
 
 
-def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``fit`` trains with: SGD with Nesterov momentum 0.9, or AdamW; weight decay from config."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                weight_decay=config.weight_decay)
@@ -286,4 +287,4 @@ def _write_config(out: Path, config: TrainConfig, device: torch.device) -> None:
     (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["TrainConfig", "fit", "evaluate", "Diverged"]
+__all__ = ["TrainConfig", "fit", "evaluate", "Diverged", "make_optimizer", "compiled"]
