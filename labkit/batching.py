@@ -16,6 +16,9 @@ strategy). It is read before every batch, so a strategy stepped inside the loop 
     >>> for xb, yb in batcher.batches(strategy):       # or batches(lambda: strategy.batch_size), batches(256)
     ...     loss = train_step(xb, yb); strategy.step(loss=loss)
 
+``batches(size, pool=indices)`` serves only the samples in ``pool`` this epoch: the easy-to-hard pools of
+``labkit.curriculum.Curriculum``.
+
 ``StrategyBatchSampler`` gives a ``torch.utils.data.DataLoader`` the same changing batch size.
 """
 from __future__ import annotations
@@ -62,17 +65,29 @@ class DeviceBatcher:
         """The number of samples (the number of batches depends on the batch size, given per epoch)."""
         return self.num_samples
 
-    def batches(self, batch_size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size, pool: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: ``(xb, yb)`` pairs covering every sample once, xb float32 and normalised.
 
         ``batch_size`` (int, zero-argument callable, or object with ``.batch_size``) is read before each batch.
+        ``pool``: a 1-D tensor of the sample indices this epoch may use (e.g. ``Curriculum.pool(epoch)``);
+        the epoch then serves those samples only, shuffled if ``shuffle`` (else in the pool's order), each as
+        often as it appears in the pool. The pool is checked and copied to the device once per epoch.
         """
         read_size = batch_size_reader(batch_size)
-        order = (torch.randperm(self.num_samples, device=self.x.device, generator=self.generator)
-                 if self.shuffle else None)
-        for start, stop in epoch_spans(self.num_samples, read_size, self.drop_last):
+        order = self._epoch_order(pool)
+        n = self.num_samples if order is None else len(order)
+        for start, stop in epoch_spans(n, read_size, self.drop_last):
             index = slice(start, stop) if order is None else order[start:stop]
             yield self.normalise(self.x[index]), self.y[index]
+
+    def _epoch_order(self, pool: torch.Tensor | None) -> torch.Tensor | None:
+        """The sample indices of one epoch in serving order, drawn with the batcher's seeded generator;
+        None when every sample is served in order (batches are then plain slices)."""
+        device = self.x.device
+        if pool is None:
+            return torch.randperm(self.num_samples, device=device, generator=self.generator) if self.shuffle else None
+        pool = _check_pool(pool, self.num_samples).to(device)
+        return pool[torch.randperm(len(pool), device=device, generator=self.generator)] if self.shuffle else pool
 
     def normalise(self, xb: torch.Tensor) -> torch.Tensor:
         """x̂ = x·scale − shift with scale = 1/(k·std), shift = mean/std, k = 255 for uint8 else 1.
@@ -134,6 +149,23 @@ def epoch_spans(n: int, read_size: Callable[[], int], drop_last: bool = False) -
             stop = n
         yield start, stop
         start = stop
+
+
+def _check_pool(pool: torch.Tensor, n: int) -> torch.Tensor:
+    """``pool`` as int64 after checking it is a non-empty 1-D integer tensor of indices in [0, n − 1]."""
+    if not isinstance(pool, torch.Tensor):
+        raise TypeError(f"pool is a {type(pool).__name__}: expected a 1-D tensor of sample indices, e.g. "
+                        f"Curriculum.pool(epoch) or torch.tensor(indices)")
+    if pool.ndim != 1 or len(pool) == 0:
+        raise ValueError(f"pool has shape {tuple(pool.shape)}: expected a non-empty 1-D tensor of sample indices")
+    if pool.dtype.is_floating_point or pool.dtype.is_complex or pool.dtype == torch.bool:
+        raise TypeError(f"pool has dtype {pool.dtype}: expected integer sample indices (torch.long), not a mask "
+                        f"or floats; a bool mask converts with mask.nonzero().flatten()")
+    outside = pool[(pool < 0) | (pool >= n)]
+    if len(outside):
+        raise ValueError(f"pool holds indices {outside[:5].tolist()} outside [0, {n - 1}], the {n} samples "
+                         f"of this batcher")
+    return pool.long()
 
 
 def _affine(x: torch.Tensor, mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
+def _number(text: str) -> int | float:
+    """'1024' → 1024, '0.8' → 0.8: ``--target`` is a batch size (progressive) or a share (memory)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 STRATEGY_FLAGS = {   # flag → (type, help); passed to labkit.strategies.build only when given
     "b_init": (int, "batch size at the start"),
     "min_batch": (int, "lower bound on the batch size"),
@@ -25,10 +33,11 @@ STRATEGY_FLAGS = {   # flag → (type, help); passed to labkit.strategies.build 
     "period": (int, "cyclical: steps per cycle"),
     "mode": (str, "cyclical: triangular | cosine | sawtooth"),
     "warmup": (int, "progressive: steps of the warm-up"),
-    "target": (int, "progressive: batch size at the end of the warm-up"),
+    "target": (_number, "progressive: batch size at the end of the warm-up; memory: the share of memory "
+                        "aimed at, e.g. 0.8"),
     "milestones": (str, "epoch: 'EPOCH:BATCH,...', e.g. 5:128,10:256"),
-    "low": (float, "confidence: grow below this normalised entropy"),
-    "high": (float, "confidence: shrink above this normalised entropy"),
+    "low": (float, "confidence: grow below this normalised entropy; memory: grow below this memory share"),
+    "high": (float, "confidence: shrink above this normalised entropy; memory: shrink above this share"),
     "scale": (float, "gns: target = scale · B_simple"),
 }
 
@@ -104,6 +113,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     parser.add_argument("--decide-every", default="epoch", choices=DECIDE)
     parser.add_argument("--gns-every", type=int, default=0, help="measure the gradient noise scale every N steps")
+    parser.add_argument("--memory-budget-mb", type=float, help="memory the memory signal is measured against "
+                        "(CUDA: default the device's memory, a smaller budget is enforced; CPU: estimated)")
+    parser.add_argument("--curriculum", help="easiest data first, by per-example loss: 'self' (the model being "
+                        "trained, each epoch) or a run folder holding a reference model's checkpoint.pt")
+    parser.add_argument("--curriculum-c0", type=float, default=0.25, help="share of the data in the first epoch")
+    parser.add_argument("--curriculum-epochs", type=int, default=5, help="epoch from which all data is used")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cuda | cpu (default: cuda when present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic batch dim)")
@@ -119,6 +134,8 @@ def _base_config(args: argparse.Namespace, strategy: str = "fixed", params: dict
     return TrainConfig(dataset=args.dataset, model=args.model, strategy=strategy, strategy_params=params or {},
                        epochs=args.epochs, lr=args.lr, lr_rule=args.lr_rule, base_batch=args.base_batch,
                        optimizer=args.optimizer, decide_every=args.decide_every, gns_every=args.gns_every,
+                       memory_budget_mb=args.memory_budget_mb, curriculum=args.curriculum,
+                       curriculum_c0=args.curriculum_c0, curriculum_epochs=args.curriculum_epochs,
                        seed=args.seed, device=args.device, compile=args.compile,
                        quick=True if args.quick else None, data_root=args.data_root).checked()
 

@@ -232,6 +232,68 @@ class StepMemory:
         return self.fixed_bytes + batch * self.per_example_bytes
 
 
+class MemoryWatch:
+    """Each training step's peak memory as a fraction of a budget: the signal of the ``memory`` strategy.
+
+        usage = peak bytes of the step / budget bytes
+
+    On CUDA the peak is ``torch.cuda.max_memory_allocated``, reset before every step (both are host-side
+    allocator counters: no sync); the budget is ``budget_bytes`` or else the device's total memory. A
+    budget below the device's memory is enforced for real while ``limit()`` is active
+    (``torch.cuda.set_per_process_memory_fraction``): the caching allocator then raises a CUDA OOM at the
+    budget, which is how a GPU run shows OOM recovery on a model far smaller than the device. On a CPU
+    there is no allocator to ask: the peak is ``StepMemory``'s estimate, and ``before(batch)`` raises
+    ``MemoryCapExceeded`` when that passes the budget (the CPU's stand-in for an OOM); without a budget
+    there is no signal (``usage`` is None).
+    """
+
+    def __init__(self, model: nn.Module, example: Tensor, budget_bytes: float | None = None):
+        self.device = next(model.parameters()).device
+        self.cuda = self.device.type == "cuda"
+        if budget_bytes is not None:
+            budget_bytes = check_float("memory budget (bytes)", budget_bytes, low=0.0, low_open=True)
+        self.total = torch.cuda.get_device_properties(self.device).total_memory if self.cuda else None
+        self.budget = budget_bytes if budget_bytes is not None or not self.cuda else float(self.total)
+        self.estimate = None if self.cuda else StepMemory.of(model, example[:1])
+        self.peak = 0.0                        # the step's peak, bytes
+        self.epoch_peak = 0.0
+
+    def before(self, batch: int) -> None:
+        """Start a step of ``batch`` examples: reset the CUDA peak, or check the CPU estimate against the budget."""
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        self.peak = self.estimate(batch)
+        if self.budget is not None and self.peak > self.budget:
+            raise MemoryCapExceeded(f"batch {batch} needs about {format_bytes(self.peak)}, more than the memory "
+                                    f"budget of {format_bytes(self.budget)}")
+
+    def after(self) -> float | None:
+        """End a step: its usage (peak / budget), or None when there is no budget to compare with."""
+        if self.cuda:
+            self.peak = float(torch.cuda.max_memory_allocated(self.device))
+        self.epoch_peak = max(self.epoch_peak, self.peak)
+        return None if self.budget is None else self.peak / self.budget
+
+    def epoch_usage(self) -> float | None:
+        """The epoch's peak / budget (None without a budget); starts the next epoch's count."""
+        usage = None if self.budget is None else self.epoch_peak / self.budget
+        self.epoch_peak = 0.0
+        return usage
+
+    @contextmanager
+    def limit(self) -> Iterator[None]:
+        """While active, a CUDA budget below the device's memory is a hard limit for this process."""
+        capped = self.cuda and self.budget < self.total
+        if capped:
+            torch.cuda.set_per_process_memory_fraction(self.budget / self.total, self.device)
+        try:
+            yield
+        finally:
+            if capped:
+                torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+
+
 @contextmanager
 def preserved(*objects) -> Iterator[None]:
     """Save each object's ``state_dict()`` (deep copies) and load it back on exit, even after an error."""
@@ -258,5 +320,5 @@ def format_bytes(n: float) -> str:
     return f"{n / 1024 ** exponent:.3g} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
 
 
-__all__ = ["max_batch_that_fits", "probe_step", "train_step", "StepMemory", "MemoryProbe", "Trial",
+__all__ = ["max_batch_that_fits", "probe_step", "train_step", "StepMemory", "MemoryWatch", "MemoryProbe", "Trial",
            "MemoryCapExceeded", "NothingFits", "OUT_OF_MEMORY", "preserved", "free_memory", "format_bytes"]

@@ -68,7 +68,10 @@ def save_table(table, path, device=None, **meta) -> Path:
     that produced it (benchmarks use this so a CSV says where and how it was made)."""
     import sys
 
-    command = " ".join([Path(sys.executable).name, *sys.argv])
+    script, args = Path(sys.argv[0]), sys.argv[1:]
+    if script.suffix == ".py" and REPO in script.resolve().parents:     # ran as `python -m package.module`
+        script = "-m " + ".".join(script.resolve().relative_to(REPO).with_suffix("").parts)
+    command = " ".join([Path(sys.executable).name, str(script), *args])
     table = table.assign(**provenance(device), **meta, command=command)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

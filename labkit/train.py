@@ -9,10 +9,18 @@ accumulate signals (on the device, no sync) → end of epoch: one sync, eval, st
 checkpoint. The data stays on the device (``labkit.batching.DeviceBatcher``); on CUDA the step runs in
 bf16 autocast with channels_last images, and optionally under ``torch.compile`` with a dynamic batch
 dimension so a new batch size does not recompile.
+
+Also per step: the peak memory against a budget (``labkit.memory.MemoryWatch``), the signal of the
+``memory`` strategy. A step that runs out of memory is not lost: under the ``memory`` strategy the batch
+halves and the same examples (and the rest of the batch's queue) are retried at the new size; any other
+strategy stops with a message. Per epoch: the GPU's energy over the training time (``labkit.cost``,
+NVML), and with ``curriculum`` only the easiest share c(t) of the training set is served
+(``labkit.curriculum``). History columns: see ``fit``; ``decisions.csv`` is the strategy's decision log.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +35,10 @@ from tqdm.auto import tqdm
 from labkit import strategies
 from labkit.batching import DeviceBatcher
 from labkit.checks import check_choice, check_float, check_int
+from labkit.cost import EnergyMeter
+from labkit.curriculum import Curriculum, loss_difficulty
 from labkit.data import load
+from labkit.memory import OUT_OF_MEMORY, MemoryCapExceeded, MemoryWatch, free_memory
 from labkit.models import build_model
 from labkit.runtime import pick_device, provenance, quick_mode
 from labkit.signals import mean_entropy
@@ -35,6 +46,7 @@ from labkit.signals import mean_entropy
 OPTIMIZERS = ("sgd", "adam")
 DECIDE = ("epoch", "step")
 QUICK_SIZES = (2048, 512)          # train / test examples kept in quick mode
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     decide_every: str = "epoch"       # epoch | step: when the strategy takes a decision
     gns_every: int = 0                # GNS reading every N steps (0: off; GNSTracker's default for gns)
+    memory_budget_mb: float | None = None   # memory signal's budget (CUDA: the device's memory; enforced if less)
+    curriculum: str | None = None     # easiest data first, scored by: "self" (the model, each epoch) | a run folder
+    curriculum_c0: float = 0.25       # share of the data in the first epoch's pool
+    curriculum_epochs: int = 5        # the epoch from which all data is used
     seed: int = 0
     device: str | None = None         # None: CUDA when present
     compile: bool = False
@@ -67,6 +83,13 @@ class TrainConfig:
         check_choice("decide_every", self.decide_every, DECIDE)
         check_int("gns_every", self.gns_every, low=0)
         check_float("weight_decay", self.weight_decay, low=0.0)
+        check_float("curriculum_c0", self.curriculum_c0, low=0.0, high=1.0, low_open=True)
+        check_int("curriculum_epochs", self.curriculum_epochs, low=1)
+        if self.curriculum not in (None, "self") and not (Path(self.curriculum) / "checkpoint.pt").is_file():
+            raise ValueError(f"curriculum={self.curriculum!r} is neither 'self' nor a run folder with a "
+                             f"checkpoint.pt (the reference model whose per-example loss orders the data)")
+        if self.memory_budget_mb is not None:
+            check_float("memory_budget_mb", self.memory_budget_mb, low=0.0, low_open=True)
         return self
 
 
@@ -112,9 +135,12 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                           seed=config.seed, drop_last=True)
     test = DeviceBatcher(data.x_test, data.y_test, mean=data.mean, std=data.std, shuffle=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    budget = None if config.memory_budget_mb is None else config.memory_budget_mb * 2**20
+    watch = MemoryWatch(model, train.normalise(data.x_train[:1].to(device)), budget)
+    curriculum = _curriculum(config, model, data, train)
 
     rows: list[dict[str, Any]] = []
-    start_epoch, step, samples, wall = 0, 0, 0, 0.0
+    start_epoch, step, samples, wall, energy = 0, 0, 0, 0.0, 0.0
     out = Path(out) if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -128,81 +154,105 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             if gns is not None:
                 gns.load_state_dict(state["gns"])
             torch.set_rng_state(state["rng"].cpu())
-            rows, (start_epoch, step, samples, wall) = state["history"], state["counters"]
+            rows, (start_epoch, step, samples, wall, energy) = state["history"], state["counters"]
 
     bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.strategy} on {data.name}",
                disable=not progress, initial=start_epoch, total=config.epochs)
-    for epoch in bar:
-        model.train()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)       # Σ loss·B over the epoch, kept on the device
-        entropy_sum = torch.zeros((), device=device)
-        epoch_samples = epoch_steps = 0
-        lr = config.lr
-        for xb, yb in train.batches(lambda: strategy.batch_size):
-            batch = len(yb)
-            # -- set LR for this batch size ------------------------------------------------------------
-            lr = strategies.scaled_lr(config.lr, base_batch, batch, config.lr_rule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if images:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            # -- forward / backward (on a GNS step, the tracker's k microbatch passes do both) ----------
-            if gns is not None and gns.due(step):
-                logits, loss = _measured_step(gns, model, xb, yb, autocast)
-            else:
-                with autocast:
-                    logits = forward(xb)
-                    loss = F.cross_entropy(logits, yb)
-                loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            # -- signals, accumulated without a sync -----------------------------------------------------
-            loss_sum += loss.detach().float() * batch
-            entropy_sum += mean_entropy(logits.detach()) * batch
-            epoch_samples += batch
-            epoch_steps += 1
-            step += 1
-            if config.decide_every == "step":
-                strategy.step(loss=loss.item(), epoch=epoch + 1, **_gns_signal(gns))   # .item(): a sync per step
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - t0
-        wall += epoch_time
-        samples += epoch_samples
-        if epoch_steps == 0:
-            raise ValueError(f"no full batch fits in the {n_train} training examples at batch size "
-                             f"{strategy.batch_size}: lower max_batch")
+    with watch.limit(), EnergyMeter(device) as meter:
+        for epoch in bar:
+            model.train()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0, e0 = time.perf_counter(), meter.read()
+            loss_sum = torch.zeros((), device=device)       # Σ loss·B over the epoch, kept on the device
+            entropy_sum = torch.zeros((), device=device)
+            epoch_samples = epoch_steps = retries = 0
+            lr = config.lr
+            pool = None if curriculum is None else curriculum(epoch).pool(epoch)
+            for chunk in train.batches(lambda: strategy.batch_size, pool=pool):
+                pending = [chunk]               # a batch that runs out of memory comes back here in halves
+                retrying = False                # its pieces train but take no per-step decision: their
+                while pending:                  # memory says nothing about the batch the strategy now holds
+                    xb, yb = pending.pop()
+                    batch = len(yb)
+                    # -- set LR for this batch size --------------------------------------------------------
+                    lr = strategies.scaled_lr(config.lr, base_batch, batch, config.lr_rule)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    if images:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    # -- forward / backward / update; on a GNS step the tracker's microbatches do the passes --
+                    try:
+                        watch.before(batch)
+                        if gns is not None and gns.due(step):
+                            logits, loss = _measured_step(gns, model, xb, yb, autocast)
+                        else:
+                            with autocast:
+                                logits = forward(xb)
+                                loss = F.cross_entropy(logits, yb)
+                            loss.backward()
+                        optimizer.step()
+                        failure = None
+                    except OUT_OF_MEMORY as error:
+                        failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                    optimizer.zero_grad(set_to_none=True)
+                    if failure is not None:            # outside ``except``: the failed step's frames are gone
+                        size = _after_oom(strategy, batch, failure)   # the failed batch and what waits
+                        xs = torch.cat([xb, *(x for x, _ in reversed(pending))])   # after it, re-split
+                        ys = torch.cat([yb, *(y for _, y in reversed(pending))])
+                        pending = list(reversed(list(zip(xs.split(size), ys.split(size)))))
+                        retries += 1
+                        retrying = True
+                        continue
+                    usage = watch.after()
+                    # -- signals, accumulated without a sync -------------------------------------------------
+                    loss_sum += loss.detach().float() * batch
+                    entropy_sum += mean_entropy(logits.detach()) * batch
+                    epoch_samples += batch
+                    epoch_steps += 1
+                    step += 1
+                    if config.decide_every == "step" and not retrying:           # .item(): a sync per step
+                        strategy.step(loss=loss.item(), epoch=epoch + 1, **_gns_signal(gns), **_memory_signal(usage))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_time = time.perf_counter() - t0
+            energy += meter.read() - e0                     # NVML's counter; nan without a GPU or NVML
+            wall += epoch_time
+            samples += epoch_samples
+            if epoch_steps == 0:
+                raise ValueError(f"no full batch fits in the {n_train} training examples at batch size "
+                                 f"{strategy.batch_size}: lower max_batch")
 
-        # -- end of epoch: signals (one sync), eval, decision, log ---------------------------------------
-        train_loss = (loss_sum / epoch_samples).item()
-        train_entropy = (entropy_sum / epoch_samples).item()
-        test_loss, test_acc = evaluate(forward, test, config.eval_batch, autocast, images)
-        row = dict(epoch=epoch + 1, batch_size=epoch_samples / epoch_steps, lr=lr, steps=step, samples=samples,
-                   train_loss=train_loss, train_entropy=train_entropy, test_loss=test_loss, test_acc=test_acc,
-                   epoch_time_s=epoch_time, wall_time_s=wall, samples_per_s=epoch_samples / epoch_time,
-                   peak_mem_mb=_peak_memory_mb(device), gns=gns.b_simple if gns is not None else math.nan)
-        if not math.isfinite(train_loss):
-            rows.append({**row, "next_batch": strategy.batch_size, "reason": "stopped: loss is not finite"})
-            history = _save_history(out, rows)
-            raise Diverged(f"training diverged at epoch {epoch + 1}: train loss is {train_loss} at batch size "
-                           f"{row['batch_size']:.0f}, lr {lr:g}; lower lr or use lr_rule='sqrt' "
-                           f"(history so far kept{f' in {out}' if out else ''})", history)
-        if config.decide_every == "epoch":
-            strategy.step(loss=train_loss, entropy=train_entropy, epoch=epoch + 1, **_gns_signal(gns))
-        reason = strategy.history[-1].reason if strategy.history else ""
-        rows.append({**row, "next_batch": strategy.batch_size, "reason": reason})
-        bar.set_postfix(B=int(row["batch_size"]), loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
-        _save_history(out, rows)
-        if out is not None:
-            torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            strategy=strategy.state_dict(), batcher=train.generator.get_state(),
-                            gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
-                            history=rows, counters=[epoch + 1, step, samples, wall]),
-                       out / "checkpoint.pt")
+            # -- end of epoch: signals (one sync), eval, decision, log ---------------------------------------
+            train_loss = (loss_sum / epoch_samples).item()
+            train_entropy = (entropy_sum / epoch_samples).item()
+            test_loss, test_acc = evaluate(forward, test, config.eval_batch, autocast, images)
+            row = dict(epoch=epoch + 1, batch_size=epoch_samples / epoch_steps, lr=lr, steps=step, samples=samples,
+                       train_loss=train_loss, train_entropy=train_entropy, test_loss=test_loss, test_acc=test_acc,
+                       epoch_time_s=epoch_time, wall_time_s=wall, energy_j=energy,
+                       samples_per_s=epoch_samples / epoch_time,
+                       peak_mem_mb=watch.epoch_peak / 2**20 if watch.cuda or watch.budget else math.nan,
+                       oom_retries=retries, pool_fraction=1.0 if pool is None else len(pool) / n_train, gns=gns.b_simple if gns is not None else math.nan)
+            epoch_usage = watch.epoch_usage()
+            if not math.isfinite(train_loss):
+                rows.append({**row, "next_batch": strategy.batch_size, "reason": "stopped: loss is not finite"})
+                history = _save_history(out, rows, strategy)
+                raise Diverged(f"training diverged at epoch {epoch + 1}: train loss is {train_loss} at batch size "
+                               f"{row['batch_size']:.0f}, lr {lr:g}; lower lr or use lr_rule='sqrt' "
+                               f"(history so far kept{f' in {out}' if out else ''})", history)
+            if config.decide_every == "epoch":
+                strategy.step(loss=train_loss, entropy=train_entropy, epoch=epoch + 1, **_gns_signal(gns),
+                              **_memory_signal(epoch_usage))
+            reason = strategy.history[-1].reason if strategy.history else ""
+            rows.append({**row, "next_batch": strategy.batch_size, "reason": reason})
+            bar.set_postfix(B=int(row["batch_size"]), loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
+            _save_history(out, rows, strategy)
+            if out is not None:
+                torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                strategy=strategy.state_dict(), batcher=train.generator.get_state(),
+                                gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
+                                history=rows, counters=[epoch + 1, step, samples, wall, energy]),
+                           out / "checkpoint.pt")
     return pd.DataFrame(rows)
 
 
@@ -271,14 +321,56 @@ def _gns_signal(gns) -> dict[str, float]:
     return {"gns": gns.b_simple} if gns is not None and gns.b_simple is not None else {}
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
+def _curriculum(config: TrainConfig, model, data, train: DeviceBatcher) -> Callable[[int], Curriculum] | None:
+    """``epoch → Curriculum`` ordering the training set by per-example loss: of the model being trained,
+    re-scored at every epoch (``"self"``, self-paced), or of the reference model saved in a run folder,
+    scored once. None without a curriculum."""
+    if config.curriculum is None:
+        return None
+    shape = dict(c0=config.curriculum_c0, epochs=config.curriculum_epochs)
+    if config.curriculum == "self":
+        return lambda epoch: Curriculum(loss_difficulty(model, train.x, train.y, transform=train.normalise), **shape)
+    folder = Path(config.curriculum)
+    saved = json.loads((folder / "config.json").read_text())["config"]
+    if (saved["dataset"], saved["model"]) != (config.dataset, config.model):
+        raise ValueError(f"curriculum={str(folder)!r} holds a {saved['model']} on {saved['dataset']}; this run "
+                         f"trains a {config.model} on {config.dataset}: score with a reference of the same kind")
+    reference = build_model(config.model, data.input_shape, data.num_classes).to(train.x.device)
+    reference.load_state_dict(torch.load(folder / "checkpoint.pt", map_location=train.x.device,
+                                         weights_only=True)["model"])
+    fixed = Curriculum(loss_difficulty(reference, train.x, train.y, transform=train.normalise), **shape)
+    return lambda epoch: fixed
 
 
-def _save_history(out: Path | None, rows: list[dict]) -> pd.DataFrame:
+def _memory_signal(usage: float | None) -> dict[str, float]:
+    return {} if usage is None else {"memory": usage}
+
+
+def _after_oom(strategy, batch: int, failure: str) -> int:
+    """A step of ``batch`` examples ran out of memory: free what it left, let the strategy shrink, and
+    return the size to retry the same examples at. Only the ``memory`` strategy shrinks; for any other
+    (or at ``min_batch``) the error is raised again, with what to do."""
+    free_memory()
+    if not hasattr(strategy, "oom"):
+        raise MemoryCapExceeded(f"batch {batch} ran out of memory ({failure}) under strategy "
+                                f"{strategy.name!r}: lower max_batch, or use strategy 'memory', which halves "
+                                f"the batch and retries")
+    size = strategy.oom(batch)
+    if size >= batch:
+        raise MemoryCapExceeded(f"batch {batch} ran out of memory ({failure}) at min_batch="
+                                f"{strategy.min_batch}: nothing smaller to try; lower min_batch or raise the budget")
+    log.warning("batch %d ran out of memory (%s): retrying its examples in batches of %d", batch, failure, size)
+    return size
+
+
+def _save_history(out: Path | None, rows: list[dict], strategy=None) -> pd.DataFrame:
+    """Write ``history.csv`` (one row per epoch) and the strategy's decision log, ``decisions.csv``."""
     history = pd.DataFrame(rows)
     if out is not None:
         history.to_csv(out / "history.csv", index=False)
+        if strategy is not None:
+            pd.DataFrame([asdict(d) for d in strategy.history], columns=["step", "old", "new", "reason"]
+                         ).to_csv(out / "decisions.csv", index=False)
     return history
 
 

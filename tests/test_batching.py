@@ -116,6 +116,47 @@ def test_bad_batch_sizes_and_shapes_are_named():
         DeviceBatcher(torch.zeros(4, 1), torch.zeros(3))
 
 
+@pytest.mark.parametrize("shuffle, drop_last", [(True, False), (False, False), (True, True)])
+def test_pool_serves_only_its_samples_once_per_epoch(shuffle, drop_last):
+    pool = torch.tensor([3, 41, 7, 0, 99, 12, 58])
+    batcher = DeviceBatcher(*indexed(100), shuffle=shuffle, drop_last=drop_last)
+    for _epoch in range(2):
+        batches = list(batcher.batches(3, pool=pool))
+        seen = labels_of(batches)
+        assert all(torch.equal(xb.view(-1), yb.float()) for xb, yb in batches)
+        if drop_last:
+            assert len(seen) == 6 and len(set(seen)) == 6 and set(seen) < set(pool.tolist())
+        elif shuffle:
+            assert sorted(seen) == sorted(pool.tolist())
+        else:
+            assert seen == pool.tolist()  # no shuffle: the pool's own order
+
+
+def test_pool_order_is_seeded_and_the_full_pool_matches_no_pool():
+    def epochs(seed, pool):
+        batcher = DeviceBatcher(*indexed(64), seed=seed)
+        return [labels_of(batcher.batches(16, pool=pool)) for _epoch in range(2)]
+
+    pool = torch.arange(10, 60)
+    assert epochs(3, pool) == epochs(3, pool) and epochs(3, pool) != epochs(4, pool)
+    first, second = epochs(3, pool)
+    assert first != second and sorted(first) == sorted(second) == pool.tolist()
+    assert epochs(3, torch.arange(64)) == epochs(3, None)  # the same draws from the generator
+
+
+@pytest.mark.parametrize("pool, error, match", [
+    (torch.tensor([], dtype=torch.long), ValueError, r"shape \(0,\).*non-empty 1-D"),
+    (torch.zeros(2, 2, dtype=torch.long), ValueError, r"shape \(2, 2\).*1-D"),
+    ([1, 2], TypeError, "pool is a list.*torch.tensor"),
+    (torch.tensor([0.0, 1.0]), TypeError, "dtype torch.float32"),
+    (torch.tensor([True, False, True, False]), TypeError, "dtype torch.bool.*nonzero"),
+    (torch.tensor([0, 4, -1, 2]), ValueError, r"indices \[4, -1\] outside \[0, 3\]"),
+])
+def test_bad_pools_are_named(pool, error, match):
+    with pytest.raises(error, match=match):
+        next(DeviceBatcher(*indexed(4)).batches(2, pool=pool))
+
+
 def test_epoch_spans_reads_the_size_once_per_batch():
     sizes = iter([3, 1, 10])
     assert list(epoch_spans(6, lambda: next(sizes))) == [(0, 3), (3, 4), (4, 6)]

@@ -1,5 +1,6 @@
 """The training loop and the CLI on CPU with tiny sizes (scikit-learn digits: 8×8 images, 10 classes)."""
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -145,3 +146,24 @@ def test_compiled_model_does_not_recompile_when_the_batch_size_changes():
     for batch in (16, 24, 40, 64, 33, 512):
         assert forward(torch.randn(batch, 1, 8, 8)).shape == (batch, 10)
     assert len(graphs) == 1
+
+
+def test_curriculum_serves_a_growing_share_of_the_data(tmp_path):
+    from labkit.curriculum import competence
+
+    fit(TrainConfig(**{**BASE.__dict__, "epochs": 1}), tmp_path / "reference", progress=False)
+    n = len(load("digits").y_train)
+    for source in ("self", str(tmp_path / "reference")):
+        config = TrainConfig(**{**BASE.__dict__, "epochs": 4, "strategy": "progressive", "curriculum": source,
+                                "curriculum_c0": 0.3, "curriculum_epochs": 3, "strategy_params": {
+                                    **BASE.strategy_params, "target": 128, "warmup": 3}})
+        history = fit(config, progress=False)
+        shares = [competence(e, 3, c0=0.3) for e in range(4)]            # c(t) = √(c0² + (1 − c0²)·t/T)
+        assert history.pool_fraction.tolist() == pytest.approx([math.ceil(c * n) / n for c in shares], abs=1e-9)
+        assert history.pool_fraction.iloc[0] < 0.5 and history.pool_fraction.iloc[-1] == 1.0
+        assert history.test_acc.iloc[-1] > 0.5
+
+
+def test_curriculum_needs_a_run_folder_or_self(tmp_path):
+    with pytest.raises(ValueError, match="neither 'self' nor a run folder"):
+        fit(TrainConfig(**{**BASE.__dict__, "curriculum": str(tmp_path)}), progress=False)

@@ -17,11 +17,13 @@ from labkit.widgets.grid import strides
 
 
 def stepped(name, params, signals, steps):
-    """B_0 … B_steps by calling step() directly: the reference the panel must reproduce."""
+    """B_0 … B_steps by calling step() directly: the reference the panel must reproduce. A callable signal
+    is a function of the current batch size (the memory model)."""
     strategy = s.build(name, **params)
     sizes = [strategy.batch_size]
     for k in range(steps):
-        sizes.append(strategy.step(**{key: values[k] for key, values in signals.items()}))
+        sizes.append(strategy.step(**{key: values(sizes[-1]) if callable(values) else values[k]
+                                      for key, values in signals.items()}))
     return sizes
 
 

@@ -181,12 +181,15 @@ class TimeWindowBatcher:
         self.close()
 
     def _spawn(self) -> threading.Thread:
-        worker = threading.Thread(target=self._serve, name="TimeWindowBatcher", daemon=True)
+        # a new thread starts with torch's default intra-op thread count, not the caller's setting
+        worker = threading.Thread(target=self._serve, args=(torch.get_num_threads(),), name="TimeWindowBatcher",
+                                  daemon=True)
         worker.start()
         return worker
 
     # -- the worker -----------------------------------------------------------------------------------
-    def _serve(self) -> None:
+    def _serve(self, threads: int) -> None:
+        torch.set_num_threads(threads)
         stopping = False
         while not stopping:
             batch, stopping = self._collect()

@@ -5,21 +5,22 @@
     >>> strategy.batch_size, strategy.step(), strategy.step()
     (32, 48, 64)
 
-Names for ``build``: fixed, linear, exponential, cyclical, loss, confidence, gns, progressive, epoch.
+Names for ``build``: fixed, linear, exponential, cyclical, loss, confidence, gns, progressive, epoch, memory.
 Shared parameter names: b_init, min_batch, max_batch, multiple_of, a, alpha, window, delta, change.
 """
 from __future__ import annotations
 
 import inspect
 
-from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased
+from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased, MemoryBased
 from labkit.strategies.base import Adaptive, Decision, Strategy
 from labkit.strategies.coupling import LR_RULES, scaled_lr
 from labkit.strategies.schedules import Cyclical, EpochBased, Exponential, Fixed, Linear, Progressive, Schedule
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Fixed, Linear, Exponential, Cyclical, LossBased, ConfidenceBased, GNSBased, Progressive, EpochBased)
+    for cls in (Fixed, Linear, Exponential, Cyclical, LossBased, ConfidenceBased, GNSBased, Progressive, EpochBased,
+                MemoryBased)
 }
 
 
@@ -54,5 +55,5 @@ def _lookup(name: str) -> type[Strategy]:
 
 
 __all__ = ["Strategy", "Schedule", "Adaptive", "Decision", "Fixed", "Linear", "Exponential", "Cyclical",
-           "LossBased", "ConfidenceBased", "GNSBased", "Progressive", "EpochBased", "STRATEGIES",
+           "LossBased", "ConfidenceBased", "GNSBased", "MemoryBased", "Progressive", "EpochBased", "STRATEGIES",
            "build", "parameters", "scaled_lr", "LR_RULES"]

@@ -1,12 +1,13 @@
 """Adaptive strategies: the batch size follows a signal measured during training.
 
-Chapters: Loss-based batching (task 4), Confidence-based batching (task 5), Gradient noise scale (task 6).
+Chapters: Loss-based batching (task 4), Confidence-based batching (task 5), Gradient noise scale (task 6),
+Memory-based batching.
 """
 from __future__ import annotations
 
 from labkit.checks import check_choice, check_float, check_int
 from labkit.signals import DELTAS, loss_tracker, max_entropy
-from labkit.strategies.base import Adaptive, Strategy
+from labkit.strategies.base import Adaptive, Decision, Strategy
 
 
 class LossBased(Adaptive):
@@ -149,3 +150,76 @@ class GNSBased(Strategy):
         value = min(max(target, self.value / self.a), self.value * self.a)
         capped = "" if value == target else f", capped at ×{self.a:g}"
         return value, f"toward B_simple {self.smoothed:.1f}{capped}"
+
+
+class MemoryBased(Strategy):
+    """Fill the device's memory to a target: B follows the peak memory of training steps.
+
+    The signal is the usage u = peak bytes of a step (or an epoch's steps) / the memory budget, which the
+    training loop measures (``torch.cuda.max_memory_allocated``, reset per step, against the device's
+    memory or a set budget; on a CPU, ``labkit.memory.StepMemory``'s estimate against a given budget).
+    Inside [``low``, ``high``] the batch holds. Outside, it moves toward the batch expected to use
+    ``target``: peak memory is close to affine in the batch, u(B) ≈ u_0 + s·B, so with two readings at
+    different batches the slope s = Δu/ΔB gives B* = B + (target − u)/s; with one reading (or a slope
+    that is not positive) the proportional guess B* = B·target/u, which undershoots a growth and
+    overshoots a shrink while u_0 > 0 (the safe side both times). Each move is capped at a factor ``a``.
+
+    ``oom()`` is the other half: the loop calls it when a step at the current batch ran out of memory.
+    It halves the batch and remembers the failure, so no later growth returns to a batch that failed.
+    """
+
+    name = "memory"
+    uses = ("memory",)
+    requires = ("memory",)
+
+    def __init__(self, b_init: int = 32, *, target: float = 0.8, low: float = 0.6, high: float = 0.9,
+                 a: float = 2.0, **bounds):
+        super().__init__(b_init, **bounds)
+        self.target = check_float("target", target, low=0.0, high=1.0, low_open=True)
+        self.low = check_float("low", low, low=0.0, high=1.0)
+        self.high = check_float("high", high, low=0.0, high=1.0, low_open=True)
+        if not self.low <= self.target <= self.high:
+            raise ValueError(f"target={self.target:g} is outside [low, high] = [{self.low:g}, {self.high:g}]: "
+                             f"expected low <= target <= high")
+        self.a = check_float("a", a, low=1.0, low_open=True)
+        self.readings: list[list[float]] = []    # [batch, usage] at the last two distinct batch sizes
+        self.failed: int | None = None           # the smallest batch that ran out of memory
+
+    def _decide(self, memory: float) -> tuple[float, str]:
+        if memory < 0:
+            raise ValueError(f"signal memory={memory:g} is negative: pass peak bytes / budget bytes (>= 0)")
+        batch = self.batch_size
+        if self.readings and self.readings[-1][0] == batch:
+            self.readings[-1] = [batch, memory]
+        else:
+            self.readings = (self.readings + [[batch, memory]])[-2:]
+        if self.low <= memory <= self.high:
+            return self.value, f"hold: memory {memory:.0%} in [{self.low:.0%}, {self.high:.0%}]"
+        slope = 0.0
+        if len(self.readings) == 2:
+            (b0, u0), (b1, u1) = self.readings
+            slope = (u1 - u0) / (b1 - b0)
+        if slope > 0:
+            wanted, how = batch + (self.target - memory) / slope, "affine fit"
+        elif memory > 0:
+            wanted, how = batch * self.target / memory, "proportional"
+        else:
+            wanted, how = batch * self.a, "no memory used"
+        value = min(max(wanted, self.value / self.a), self.value * self.a)
+        if self.failed is not None:
+            value = min(value, self.failed - self.multiple_of)
+        verb = "grow" if memory < self.low else "shrink"
+        return value, f"{verb}: memory {memory:.0%} toward {self.target:.0%} ({how})"
+
+    def oom(self, failed: int | None = None) -> int:
+        """A step of ``failed`` examples (default: the current batch) ran out of memory: halve the smaller of
+        the two (not below ``min_batch``) and never grow back to ``failed``. Returns the new batch size;
+        the same size when it is already ``min_batch`` (nothing left to try)."""
+        old = self.batch_size
+        failed = old if failed is None else check_int("failed", failed, low=1)
+        self.failed = failed if self.failed is None else min(self.failed, failed)
+        self.value = self._clamp(min(old, failed) / 2)
+        self.batch_size = self._round(self.value)
+        self.readings = []                # readings before the failure say little about what fits now
+        self.history.append(Decision(self.steps, old, self.batch_size, f"halve: out of memory at batch {failed}"))
+        return self.batch_size

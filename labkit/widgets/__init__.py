@@ -12,7 +12,8 @@ Chapters: every strategy chapter of the book.
 from labkit.widgets.grid import MAX_POINTS, trajectory
 from labkit.widgets.panel import TrajectoryPanel, trajectory_panel
 from labkit.widgets.plot import plot_trajectories
-from labkit.widgets.synthetic import default_signals, synthetic_entropy, synthetic_gns, synthetic_loss
+from labkit.widgets.synthetic import (MemoryModel, default_signals, synthetic_entropy, synthetic_gns,
+                                      synthetic_loss)
 
 __all__ = ["trajectory_panel", "TrajectoryPanel", "trajectory", "plot_trajectories", "synthetic_loss",
-           "synthetic_entropy", "synthetic_gns", "default_signals", "MAX_POINTS"]
+           "synthetic_entropy", "synthetic_gns", "default_signals", "MemoryModel", "MAX_POINTS"]

@@ -48,6 +48,12 @@ STRATEGY_VALUES: dict[tuple[str, str], Any] = {
     ("loss", "a"): {"exponential": [1.25, 1.5, 2.0, 3.0], "linear": [8, 16, 32, 64]},
     ("confidence", "a"): {"exponential": [1.25, 1.5, 2.0, 3.0], "linear": [8, 16, 32, 64]},
     ("progressive", "change"): ["linear", "exponential"],
+    ("memory", "target"): [0.5, 0.6, 0.7, 0.8, 0.9],
+    ("memory", "a"): [1.5, 2.0, 4.0, 8.0],
+    ("memory", "b_init"): [32, 256, 2048],
+    ("memory", "low"): [0.3, 0.5, 0.6],
+    ("memory", "high"): [0.9, 0.95],
+    ("memory", "max_batch"): [1024, 4096, 16384],
 }
 WHEN: dict[tuple[str, str], tuple[str, str]] = {
     ("loss", "alpha"): ("delta", "ema"),
@@ -277,8 +283,9 @@ def _too_many(controls, count, max_points) -> str:
 
 
 # -- running a strategy -----------------------------------------------------------------------------------
-def check_signals(name: str, signals: Mapping[str, Sequence[float]], steps: int) -> dict[str, list[float]]:
-    """Signals as ``{name: list of floats}`` cut to ``steps`` readings; every one the strategy needs present."""
+def check_signals(name: str, signals: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    """Signals as ``{name: list of floats}`` cut to ``steps`` readings; every one the strategy needs present.
+    A callable signal (a function of the batch size, see ``trajectory``) passes as it is."""
     if not isinstance(signals, Mapping):
         raise TypeError(f"signals={type(signals).__name__} must be a mapping such as {{'loss': [2.3, 2.1, ...]}}")
     needs = STRATEGIES[name].requires
@@ -288,6 +295,9 @@ def check_signals(name: str, signals: Mapping[str, Sequence[float]], steps: int)
                          f"[...{steps} values]}} or leave signals=None for a synthetic curve")
     out = {}
     for key, values in signals.items():
+        if callable(values):
+            out[str(key)] = values
+            continue
         values = [float(v) for v in values]
         if len(values) < steps:
             raise ValueError(f"signals[{key!r}] has {len(values)} values but steps={steps}: "
@@ -298,16 +308,20 @@ def check_signals(name: str, signals: Mapping[str, Sequence[float]], steps: int)
     return out
 
 
-def trajectory(strategy: Strategy, steps: int, signals: Mapping[str, Sequence[float]] | None = None) -> list[int]:
+def trajectory(strategy: Strategy, steps: int, signals: Mapping[str, Any] | None = None) -> list[int]:
     """Step ``strategy`` ``steps`` times, feeding reading k of every signal to call k; return B_0 … B_steps.
 
-    B_0 is the batch size before the first decision; each later entry is what ``step()`` returned.
+    B_0 is the batch size before the first decision; each later entry is what ``step()`` returned. A signal
+    may also be a function of the current batch size, for signals the batch itself causes (closed loop):
+    ``{"memory": MemoryModel(...)}`` feeds ``memory=model(B_k)`` to call k.
     """
     steps = check_int("steps", steps, low=0)
     signals = {} if signals is None else signals
     sizes = [strategy.batch_size]
     for k in range(steps):
-        sizes.append(strategy.step(**{key: values[k] for key, values in signals.items()}))
+        readings = {key: values(strategy.batch_size) if callable(values) else values[k]
+                    for key, values in signals.items()}
+        sizes.append(strategy.step(**readings))
     return sizes
 
 

@@ -151,7 +151,8 @@ class TrajectoryPanel:
         """The signal drawn under the trajectory: the first one the strategy reads, if given."""
         from labkit.strategies import STRATEGIES
 
-        return next((s for s in STRATEGIES[self.name].uses if s in self.signals), None)
+        return next((s for s in STRATEGIES[self.name].uses if s in self.signals and not callable(self.signals[s])),
+                    None)
 
     def to_html(self) -> str:
         """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""

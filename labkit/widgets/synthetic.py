@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 from labkit.checks import check_float, check_int
 
@@ -101,7 +102,34 @@ def default_signals(name: str, steps: int, *, num_classes: int = 10, seed: int =
         signals["entropy"] = synthetic_entropy(steps, num_classes=num_classes, seed=seed)
     if "gns" in needs:
         signals["gns"] = synthetic_gns(steps, seed=seed)
+    if "memory" in needs:
+        signals["memory"] = MemoryModel()
     return signals
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Peak memory of a training step as a fraction of the budget, affine in the batch size B:
+
+        u(B) = base + per_example · B
+
+    The defaults: weights, gradients and optimizer state take 5 % of the budget and each example 0.02 %,
+    so the budget is full at B = 4750. A signal that depends on the batch (``trajectory`` calls it with
+    the current B), unlike the loss curves above that only depend on time.
+    """
+    base: float = 0.05
+    per_example: float = 2e-4
+
+    def __post_init__(self):
+        check_float("base", self.base, low=0.0)
+        check_float("per_example", self.per_example, low=0.0, low_open=True)
+
+    def __call__(self, batch: int) -> float:
+        return self.base + self.per_example * batch
+
+    def fits(self, usage: float = 1.0) -> int:
+        """The largest batch whose usage is at most ``usage``: floor((usage − base) / per_example)."""
+        return math.floor((usage - self.base) / self.per_example)
 
 
 def _tau(tau: float | None, steps: int) -> float:
