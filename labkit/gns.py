@@ -229,8 +229,8 @@ class GNSTracker(Stateful):
     """Measure the gradient noise scale every few steps of a training loop.
 
     Args:
-        every: measure on steps 0, every, 2·every, … (default 50: see the cost below).
-        k: microbatches per measured batch (default 8, at least 2; "per_example" ignores it).
+        every: measure on steps 0, every, 2·every, … (default 100: see the cost below).
+        k: microbatches per measured batch (default 4, at least 2; "per_example" ignores it).
         alpha: EMA weight of a new reading, in (0, 1] (default 0.1).
         method: how readings are taken and averaged (default "two_batch"):
             * "two_batch": k microbatch passes; McCandlish: average tr(Σ) and ‖G‖², then divide.
@@ -256,7 +256,7 @@ class GNSTracker(Stateful):
 
     Example::
 
-        tracker = GNSTracker()                                  # every=50 steps, k=8
+        tracker = GNSTracker()                                  # every=100 steps, k=4
         for step, (x, y) in enumerate(batches):
             optimizer.zero_grad()
             if tracker.due(step):
@@ -268,7 +268,7 @@ class GNSTracker(Stateful):
 
     records = {"history": GNSEstimate}
 
-    def __init__(self, every: int = 50, *, k: int = 8, alpha: float = 0.1, method: str = "two_batch",
+    def __init__(self, every: int = 100, *, k: int = 4, alpha: float = 0.1, method: str = "two_batch",
                  window: int = 10):
         self.every = check_int("every", every, low=1)
         self.k = check_int("k", k, low=2)
