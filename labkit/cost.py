@@ -139,7 +139,8 @@ class EnergyMeter:
         self._t0: float | None = None
         self._e0 = 0.0
         self._running = False
-        self._samples: list[tuple[float, float]] = []      # (perf_counter s, W)
+        self._last: tuple[float, float] | None = None      # sampling: the latest (perf_counter s, W)
+        self._sampled_j = 0.0                               # sampling: trapezoids up to _last
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -162,7 +163,7 @@ class EnergyMeter:
         if self.method == "counter":
             self._e0 = self._counter_j()
         elif self.method == "sampling":
-            self._samples = []
+            self._last, self._sampled_j = None, 0.0
             self._sample()
             self._stop.clear()
             self._thread = threading.Thread(target=self._sample_every_interval, name="labkit-energy", daemon=True)
@@ -180,9 +181,7 @@ class EnergyMeter:
             return self._counter_j() - self._e0
         if self.method == "sampling":
             self._sample()
-            with self._lock:
-                times, watts = zip(*self._samples)
-            return trapezoid_joules(times, watts)
+            return self._sampled_j
         return math.nan
 
     def stop(self) -> float:
@@ -239,8 +238,12 @@ class EnergyMeter:
         return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000       # mJ → J
 
     def _sample(self) -> None:
+        """Add the trapezoid from the previous sample to now (under the lock: the thread and read() both sample)."""
         with self._lock:
-            self._samples.append((time.perf_counter(), self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000))
+            now, watts = time.perf_counter(), self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000   # mW → W
+            if self._last is not None:
+                self._sampled_j += trapezoid_joules((self._last[0], now), (self._last[1], watts))
+            self._last = (now, watts)
 
     def _sample_every_interval(self) -> None:
         while not self._stop.wait(self.interval):
