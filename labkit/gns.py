@@ -246,10 +246,13 @@ class GNSTracker(Stateful):
     see k microbatches instead of one batch on a measured step.
 
     Cost: where a small model's step is bound by kernel launches (the CNN on CIFAR-10 at batch 256–512
-    on a GPU), a microbatch pass launches about as many kernels as a full pass, half a training step's
-    (counted on the CNN: 52 against 102), so a k=8 measurement adds about 3.7 steps: tracking costs
-    ≈ 7 % of the training time at the default every=50, ≈ 40 % at every=10. With big batches (compute-
-    bound) the k passes cost about one pass and tracking is nearly free. ``bench/gns.py`` measures it.
+    on a GPU), a microbatch pass launches about as many kernels as a full pass, so a reading costs about
+    k − 1 extra passes plus the sync. Measured on an H100 (``bench/gns.py``, ``results/bench_gns.csv``):
+    at the defaults (k=4, every=100) training with tracking took 1.02× (batch 256) and 1.04× (batch 512)
+    the time without it; k=4 every=10 1.27–1.42×, every=50 1.08–1.16×; the old defaults k=8 every=50
+    1.17–1.26× (``results/bench_gns_k8.csv``). Run-to-run noise is about ±0.1 at these sub-second
+    timings (every=200 measured 1.07–1.13×). With big batches (compute-bound) the k passes cost about
+    one pass and tracking is nearly free.
 
     ``b_simple`` is already smoothed: hand it to ``GNSBased(alpha=1.0)``, or hand each raw
     ``measure(...).b_simple`` to a ``GNSBased`` that smooths (that is the "microbatch" recipe again).

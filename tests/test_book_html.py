@@ -91,8 +91,17 @@ def test_built_pages_reference_no_external_resource(built_book):
         assert not re.search(r"unpkg\.com|cdn\.jsdelivr|cdnjs\.", text), page
 
 
-def test_chapter_pages_carry_static_panels(built_book):
+PANEL_FREE = {"serving", "sequences"}   # inference and text batching: no batch-size rule with a, α, K to slide
+
+
+def test_every_strategy_chapter_has_a_panel():
     for chapter in CHAPTERS:
+        calls = "trajectory_panel(" in chapter.read_text()
+        assert calls or chapter.stem in PANEL_FREE, f"{chapter.name} has no trajectory_panel"
+
+
+def test_chapter_pages_carry_static_panels(built_book):
+    for chapter in (c for c in CHAPTERS if c.stem not in PANEL_FREE):
         text = (built_book / "notebooks" / f"{chapter.stem}.html").read_text()
         assert 'class="labkit-panel"' in text and 'type="application/json"' in text, chapter.name
         assert WIDGET_VIEW not in text, "the HTML builder must prefer the static text/html view"
