@@ -7,8 +7,9 @@ Run from the repository root with the data where ``labkit.data`` finds it (``LAB
 
 Each run is ``labkit.train.fit``, the real loop (device-resident batches, bf16 autocast and channels_last on
 CUDA, SGD), at a fixed batch size: once without tracking, and once per ``--every`` N with a
-``labkit.gns.GNSTracker`` reading every N steps (k = ``GNSTracker``'s default microbatches). The tracker's default N is what
-``labkit train --strategy gns`` uses; its row carries the target: time with tracking / time without ≤ 1.10.
+``labkit.gns.GNSTracker`` reading every N steps (k = ``GNSTracker``'s default microbatches). The tracker's
+default N is what ``labkit train --strategy gns`` uses; its row carries the target: time with tracking /
+time without ≤ 1.10.
 On a measured step the tracker's k microbatch passes are the step's forward and backward (fit takes the
 logits and loss from them), so the cost is the k smaller passes in place of one, every N steps.
 

@@ -275,11 +275,14 @@ class MemoryWatch:
         self.epoch_peak = max(self.epoch_peak, self.peak)
         return None if self.budget is None else self.peak / self.budget
 
-    def epoch_usage(self) -> float | None:
-        """The epoch's peak / budget (None without a budget); starts the next epoch's count."""
+    def end_epoch(self) -> tuple[float, float | None]:
+        """The epoch's peak in MiB (nan when unknown: a CPU without a budget) and its usage, peak / budget
+        (None without a budget); starts the next epoch's count."""
+        known = self.cuda or self.budget is not None
+        peak_mb = self.epoch_peak / 2**20 if known else math.nan
         usage = None if self.budget is None else self.epoch_peak / self.budget
         self.epoch_peak = 0.0
-        return usage
+        return peak_mb, usage
 
     @contextmanager
     def limit(self) -> Iterator[None]:

@@ -197,10 +197,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                         failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                     optimizer.zero_grad(set_to_none=True)
                     if failure is not None:            # outside ``except``: the failed step's frames are gone
-                        size = _after_oom(strategy, batch, failure)   # the failed batch and what waits
-                        xs = torch.cat([xb, *(x for x, _ in reversed(pending))])   # after it, re-split
-                        ys = torch.cat([yb, *(y for _, y in reversed(pending))])
-                        pending = list(reversed(list(zip(xs.split(size), ys.split(size)))))
+                        pending = _requeue(xb, yb, pending, _after_oom(strategy, batch, failure))
                         retries += 1
                         retrying = True
                         continue
@@ -227,13 +224,14 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             train_loss = (loss_sum / epoch_samples).item()
             train_entropy = (entropy_sum / epoch_samples).item()
             test_loss, test_acc = evaluate(forward, test, config.eval_batch, autocast, images)
+            peak_mb, epoch_usage = watch.end_epoch()
             row = dict(epoch=epoch + 1, batch_size=epoch_samples / epoch_steps, lr=lr, steps=step, samples=samples,
                        train_loss=train_loss, train_entropy=train_entropy, test_loss=test_loss, test_acc=test_acc,
                        epoch_time_s=epoch_time, wall_time_s=wall, energy_j=energy,
                        samples_per_s=epoch_samples / epoch_time,
-                       peak_mem_mb=watch.epoch_peak / 2**20 if watch.cuda or watch.budget else math.nan,
-                       oom_retries=retries, pool_fraction=1.0 if pool is None else len(pool) / n_train, gns=gns.b_simple if gns is not None else math.nan)
-            epoch_usage = watch.epoch_usage()
+                       peak_mem_mb=peak_mb, oom_retries=retries,
+                       pool_fraction=1.0 if pool is None else len(pool) / n_train,
+                       gns=gns.b_simple if gns is not None else math.nan)
             if not math.isfinite(train_loss):
                 rows.append({**row, "next_batch": strategy.batch_size, "reason": "stopped: loss is not finite"})
                 history = _save_history(out, rows, strategy)
@@ -344,6 +342,14 @@ def _curriculum(config: TrainConfig, model, data, train: DeviceBatcher) -> Calla
 
 def _memory_signal(usage: float | None) -> dict[str, float]:
     return {} if usage is None else {"memory": usage}
+
+
+def _requeue(xb, yb, pending: list, size: int) -> list:
+    """The failed batch and the pieces still waiting after it (``pending`` is a stack: the next piece is
+    last), re-split into pieces of ``size`` in the same order: no example is skipped or repeated."""
+    xs = torch.cat([xb, *(x for x, _ in reversed(pending))])
+    ys = torch.cat([yb, *(y for _, y in reversed(pending))])
+    return list(reversed(list(zip(xs.split(size), ys.split(size)))))
 
 
 def _after_oom(strategy, batch: int, failure: str) -> int:

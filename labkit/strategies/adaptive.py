@@ -221,5 +221,6 @@ class MemoryBased(Strategy):
         self.value = self._clamp(min(old, failed) / 2)
         self.batch_size = self._round(self.value)
         self.readings = []                # readings before the failure say little about what fits now
-        self.history.append(Decision(self.steps, old, self.batch_size, f"halve: out of memory at batch {failed}"))
+        reason = f"halve: out of memory at batch {failed}"
+        self.history.append(Decision(self.steps, old, self.batch_size, reason))
         return self.batch_size
