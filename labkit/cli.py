@@ -3,6 +3,7 @@
     labkit train --dataset mnist --model mlp --strategy linear --b-init 64 --a 64 --epochs 10 --out runs/mnist-linear
     labkit train --dataset cifar10 --model cnn --strategy loss --delta ema --alpha 0.3 --epochs 20 --out runs/c10-loss
     labkit find-batch --dataset cifar10 --model cnn --out runs/find-c10
+    labkit serve-bench --device cuda --out results/bench_serving.csv
     labkit train --help
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
+    from labkit.serving.load import GENERATORS
     from labkit.strategies import LR_RULES, STRATEGIES
 
     parser = Parser(prog="labkit", description="Adaptive batch sizes: train, compare, measure.")
@@ -96,6 +98,30 @@ def build_parser() -> Parser:
     find.add_argument("--quick", action="store_true", help="small data subset and budgets (as LABKIT_QUICK=1)")
     find.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
     find.add_argument("--out", type=Path, help="folder for recommendation.json, evidence.csv, finder.png")
+
+    serve = commands.add_parser("serve-bench", help="time-window inference batching vs one-by-one, under load",
+                                description="Serves a model on MNIST shapes one request at a time and with "
+                                            "time-window batching, under Poisson load at several rates; writes "
+                                            "throughput, p50/p99 latency and the p99 bound per run to --out.")
+    serve.add_argument("--model", help="mlp | cnn | resnet (default cnn; quick: mlp)")
+    serve.add_argument("--max-batch", type=int, default=64)
+    serve.add_argument("--windows", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="fixed windows, ms")
+    serve.add_argument("--target-p99-ms", type=float, default=10.0, help="the window controller's target")
+    serve.add_argument("--load", type=float, nargs="+", help="offered rates as multiples of the measured "
+                                                              "one-by-one capacity (default 0.5 2 8; quick: 0.5 3)")
+    serve.add_argument("--rates", type=float, nargs="+", help="offered rates in requests/s (instead of --load)")
+    serve.add_argument("--duration", type=float, help="seconds of arrivals per run (default 2; quick 0.3)")
+    serve.add_argument("--clients", type=int, default=2, help="client threads or processes sending requests")
+    serve.add_argument("--generators", nargs="+", choices=GENERATORS,
+                       help="clients as processes (the server's process only receives them) or as threads of "
+                            "the server's process, competing with it for the GIL (default process; quick: threads)")
+    serve.add_argument("--switch-interval-ms", type=float, help="the interpreter's GIL switch interval "
+                                                                "(default: Python's, 5 ms)")
+    serve.add_argument("--burst", type=int, help="requests in the capacity measurement (default 2000; quick 500)")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    serve.add_argument("--device", help="cuda | cpu (default: cuda when present)")
+    serve.add_argument("--quick", action="store_true", help="short runs of an mlp, threads (as LABKIT_QUICK=1)")
+    serve.add_argument("--out", type=Path, default=Path("results") / "bench_serving.csv", help="CSV to write")
     return parser
 
 
@@ -151,7 +177,7 @@ def parse_milestones(text: str) -> dict[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"train": _train, "sweep": _sweep, "find-batch": _find_batch}[args.command]
+    command = {"train": _train, "sweep": _sweep, "find-batch": _find_batch, "serve-bench": _serve_bench}[args.command]
     try:
         return command(parser, args)
     except (TypeError, ValueError, FileNotFoundError) as error:
@@ -220,6 +246,30 @@ def _find_batch(parser: Parser, args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(str(path) for path in rec.save(args.out))}")
     return 0
 
+
+def _serve_bench(parser: Parser, args: argparse.Namespace) -> int:
+    import torch
+
+    from labkit.runtime import pick_device, quick_mode, save_table
+    from labkit.serving.bench import FULL, QUICK, serve_bench
+
+    device = pick_device(args.device)
+    defaults = QUICK if args.quick or quick_mode() else FULL
+    given = {name: getattr(args, name) for name in defaults if getattr(args, name) is not None}
+    settings = defaults | given
+    if device.type == "cpu":
+        # the worker shares the cores with the clients: intra-op threads would wait for descheduled peers
+        # (batches of x*2 took 12 ms instead of 0.2 ms on a 2-core machine)
+        torch.set_num_threads(1)
+    table, meta = serve_bench(settings["model"], device=device, max_batch=args.max_batch, windows=args.windows,
+                              target_p99_ms=args.target_p99_ms, load=settings["load"], rates=args.rates,
+                              duration_s=settings["duration"], clients=args.clients, burst_requests=settings["burst"],
+                              seed=args.seed, generators=settings["generators"],
+                              switch_interval_ms=args.switch_interval_ms)
+    print(table[["rate", "generator", "mode", "window_ms", "throughput", "p50_ms", "p99_ms", "mean_batch",
+                 "speedup", "p99_bound_ms", "p99_ok", "meets_target", "p99_lag_ms"]].round(3).to_string(index=False))
+    save_table(table, args.out, device, **meta)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import CancelledError
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -329,7 +330,31 @@ def test_run_load_serves_every_request_and_batches_them():
     assert result.mean_batch > 3  # ≈ 2000/s · 20 ms = 40 per window on an idle machine
     assert 0 < result.p50_ms <= result.p99_ms and result.throughput > 0
     assert set(result.row()) == {"rate", "requests", "errors", "throughput", "p50_ms", "p99_ms", "mean_batch",
-                                 "batches", "max_lag_ms"}
+                                 "batches", "max_lag_ms", "p99_lag_ms", "p99_wait_ms", "p99_compute_ms",
+                                 "generator"}
+    assert result.generator == "threads" and 0 <= result.p99_lag_ms <= result.max_lag_ms
+
+
+def test_run_load_from_client_processes_serves_each_request_once_never_early():
+    answered = []
+
+    def record(x):  # sample k is (k, -k): the answered rows say which requests reached the model
+        answered.extend(int(v) for v in x[:, 0])
+        return x * 2
+
+    x = samples(500)
+    with TimeWindowBatcher(record, window_ms=5, max_batch=32) as batcher:
+        result = run_load(batcher, x, rate=3000, count=400, clients=2, seed=3, generator="process")
+    assert sorted(answered) == list(range(400)) and result.errors == 0
+    assert result.generator == "process" and result.requests == 400
+    # a client sends at or after its request's scheduled time, on the clock this process reads too
+    assert result.max_lag_ms >= result.p99_lag_ms >= 0
+    assert result.p99_compute_ms > 0 and result.p99_wait_ms >= 0
+
+
+def test_run_load_unknown_generator():
+    with TimeWindowBatcher(double) as batcher, pytest.raises(ValueError, match="generator='greenlets'"):
+        run_load(batcher, samples(4), rate=100, count=5, generator="greenlets")
 
 
 def test_run_load_counts_failed_requests():
@@ -344,3 +369,35 @@ def test_run_load_counts_failed_requests():
 def test_run_load_needs_a_started_batcher():
     with pytest.raises(RuntimeError, match="call start\\(\\) first"):
         run_load(TimeWindowBatcher(double), samples(4), rate=100, count=5)
+
+
+# -- the benchmark command -----------------------------------------------------------------------------
+
+def test_serve_bench_cli_writes_a_row_per_mode_with_its_bound(tmp_path, capsys):
+    from labkit.cli import main
+
+    out = tmp_path / "serving.csv"
+    code = main(["serve-bench", "--quick", "--device", "cpu", "--load", "0.5", "--windows", "2", "4",
+                 "--max-batch", "8", "--out", str(out)])
+    assert code == 0 and "one-by-one" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert list(table["mode"]) == ["one-by-one", "window", "window", "controller"]
+    assert (table["generator"] == "threads").all() and (table["errors"] == 0).all()
+    windows = table[table["mode"] == "window"]
+    assert np.allclose(windows["p99_bound_ms"], windows["window_ms"] + table["batch_ms"].iloc[0])
+    assert np.allclose(table["speedup"], table["throughput"] / table["throughput"].iloc[0])
+    assert (table["p99_ok"] == (table["p99_ms"] <= table["p99_bound_ms"])).all()
+    assert {"device_name", "torch", "commit", "command", "switch_interval_ms"} <= set(table.columns)
+
+
+@pytest.mark.parametrize("args, words", [(["--windows", "0"], "windows=0"),
+                                         (["--generators", "fibers"], "invalid choice: 'fibers'"),
+                                         (["--switch-interval-ms", "-1"], "switch_interval_ms=-1")])
+def test_serve_bench_cli_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, args, words):
+    from labkit.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["serve-bench", "--quick", "--device", "cpu", "--load", "0.5", "--out", str(tmp_path / "x.csv"), *args])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()

@@ -7,7 +7,7 @@
 * ``WindowController`` (``labkit.serving.controller``): AIMD on the window toward a p99 latency target.
 
 Lab sheet: *time-constrained adaptive batching*. Chapter: Time-window batching for inference.
-Benchmark: ``python -m bench.serving``.
+Benchmark: ``labkit serve-bench`` (``labkit.serving.bench``).
 """
 from labkit.serving.batcher import BatchRecord, TimeWindowBatcher
 from labkit.serving.controller import WindowController, WindowDecision

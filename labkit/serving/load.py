@@ -6,10 +6,22 @@ each request at its scheduled time whether or not earlier ones have been answere
 independent users), so a server slower than λ builds a queue instead of slowing its clients down. With C
 clients, client c submits requests c, c + C, c + 2C, …: together they still follow the one Poisson schedule.
 
-Latency is measured from ``submit`` to the moment the result is set. The clients share the server's
-process (and its GIL), so they may submit late; ``max_lag_ms`` says how far behind schedule they fell. A lag
-near the latencies means the generator, not the server, was the limit: the offered rate was not really
-offered. Throughput = requests / (last result − start).
+Latency is measured from ``submit`` to the moment the result is set; throughput = requests / (last result −
+start). Two generators:
+
+* ``"threads"``: the clients are threads of the server's process. They share its GIL, so a client may
+  submit late, and while a client runs Python the worker waits for the GIL (up to the interpreter's switch
+  interval, 5 ms by default, when the client does not block).
+* ``"process"``: the clients are separate processes (``multiprocessing``, spawned). Each sleeps until a
+  request's time and sends its index through a pipe; one receiver thread in the server's process submits
+  it, like a network server's reading loop. The schedule runs on ``time.perf_counter`` (CLOCK_MONOTONIC,
+  shared by all processes on Linux), so lateness is measured against the same clock.
+
+``lag`` = submit time − scheduled time: how far behind schedule a request reached the batcher. A lag near
+the latencies means the generator, not the batcher, was the limit: the offered rate was not really offered.
+``wait`` and ``compute`` come from the batcher's records: how long a batch's oldest request waited before
+the model call, and how long the call took. A p99 latency far above p99 wait + p99 compute is time spent
+outside both: handing results back, or waiting for the GIL.
 
 Garbage collection: a full collection scans every tracked Python object (about 2·10⁵ once torch is
 imported: ~0.1 s on a CPU core) while every thread waits. The many futures of a run trigger such
@@ -23,10 +35,12 @@ from __future__ import annotations
 
 import gc
 import math
+import multiprocessing
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 
 import numpy as np
 import torch
@@ -34,7 +48,8 @@ import torch
 from labkit.checks import check_float, check_int
 from labkit.serving.batcher import TimeWindowBatcher
 
-START_DELAY_S = 0.01  # the schedule starts this long after run_load() is called: the clients get going first
+START_DELAY_S = 0.01  # the schedule starts this long after the clients are ready
+GENERATORS = ("threads", "process")
 
 
 def poisson_arrivals(rate: float, *, count: int | None = None, duration_s: float | None = None,
@@ -66,7 +81,11 @@ class LoadResult:
     p99_ms: float
     mean_batch: float      # requests per model call during the run
     batches: int
-    max_lag_ms: float      # how far behind schedule a client submitted
+    max_lag_ms: float      # how far behind schedule a request was submitted, at worst
+    p99_lag_ms: float
+    p99_wait_ms: float     # of the batches: the oldest request's wait before the model call
+    p99_compute_ms: float  # of the batches: the model call
+    generator: str         # "threads" or "process"
     latencies_ms: np.ndarray = field(repr=False)
 
     def row(self) -> dict:
@@ -75,11 +94,13 @@ class LoadResult:
 
 
 def run_load(batcher: TimeWindowBatcher, inputs: torch.Tensor, rate: float, *, duration_s: float | None = None,
-             count: int | None = None, clients: int = 1, seed: int = 0) -> LoadResult:
+             count: int | None = None, clients: int = 1, seed: int = 0, generator: str = "threads") -> LoadResult:
     """Submit Poisson arrivals of ``rate`` requests/s to a started ``batcher`` for ``duration_s`` seconds or
-    ``count`` requests, from ``clients`` threads, and wait for every answer. Request k sends
-    ``inputs[k % len(inputs)]``; ``inputs`` is (N, *sample_shape)."""
+    ``count`` requests, from ``clients`` threads or processes (``generator``, see the module docstring), and
+    wait for every answer. Request k sends ``inputs[k % len(inputs)]``; ``inputs`` is (N, *sample_shape)."""
     clients = check_int("clients", clients, low=1)
+    if generator not in GENERATORS:
+        raise ValueError(f"generator={generator!r} is not one of {GENERATORS}")
     if not batcher.running:
         raise RuntimeError(f"{batcher!r} is not serving: call start() first (or use it in a with-block)")
     arrivals = poisson_arrivals(rate, count=count, duration_s=duration_s, seed=seed)
@@ -96,35 +117,100 @@ def run_load(batcher: TimeWindowBatcher, inputs: torch.Tensor, rate: float, *, d
             if remaining[0] == 0:
                 all_done.set()
 
+    def submit(k: int) -> None:
+        submitted[k] = time.perf_counter()
+        futures[k] = batcher.submit(samples[k % len(samples)])
+        futures[k].add_done_callback(lambda _future, k=k: stamp(k))
+
+    shares = [range(c, n, clients) for c in range(clients)]  # client c sends requests c, c + C, c + 2C, …
+    gc.collect()
+    gc.freeze()  # see the module docstring: no full collection pauses every thread mid-run
+    try:
+        run = _run_threads if generator == "threads" else _run_processes
+        start = run(arrivals, shares, submit)
+        if any(future is None for future in futures):
+            raise RuntimeError(f"a client failed to submit (traceback above); served so far: {batcher!r}")
+        all_done.wait()
+    finally:
+        gc.unfreeze()
+    latencies, lags = (finished - submitted) * 1e3, (submitted - start - arrivals) * 1e3
+    records = batcher.batches[first_batch:]
+    sizes = [record.size for record in records]
+    errors = sum(future.cancelled() or future.exception() is not None for future in futures)
+    return LoadResult(rate=float(rate), requests=n, errors=errors,
+                      throughput=float(n / (finished.max() - start)), p50_ms=float(np.percentile(latencies, 50)),
+                      p99_ms=float(np.percentile(latencies, 99)), mean_batch=sum(sizes) / max(len(sizes), 1),
+                      batches=len(sizes), max_lag_ms=float(lags.max()), p99_lag_ms=float(np.percentile(lags, 99)),
+                      p99_wait_ms=_p99([record.wait_ms for record in records]),
+                      p99_compute_ms=_p99([record.compute_ms for record in records]),
+                      generator=generator, latencies_ms=latencies)
+
+
+def _p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99)) if values else float("nan")
+
+
+def _run_threads(arrivals: np.ndarray, shares: list[range], submit) -> float:
+    """One client thread per share sleeps until each request's time and submits it; returns the start."""
     def client(ks: range) -> None:
         for k in ks:
             delay = start + arrivals[k] - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            submitted[k] = time.perf_counter()
-            futures[k] = batcher.submit(samples[k % len(samples)])
-            futures[k].add_done_callback(lambda _future, k=k: stamp(k))
+            submit(k)
 
-    threads = [threading.Thread(target=client, args=(range(c, n, clients),), name=f"load-client-{c}")
-               for c in range(clients)]
-    gc.collect()
-    gc.freeze()  # see the module docstring: no full collection pauses every thread mid-run
+    threads = [threading.Thread(target=client, args=(ks,), name=f"load-client-{c}") for c, ks in enumerate(shares)]
+    start = time.perf_counter() + START_DELAY_S
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return start
+
+
+def _run_processes(arrivals: np.ndarray, shares: list[range], submit) -> float:
+    """One spawned client process per share sends each request's index at its time; this thread receives
+    the indices and submits them. Returns the start of the schedule, set once every client is ready."""
+    context = multiprocessing.get_context("spawn")  # fork is unsafe in a process running threads and CUDA
+    pipes, processes = [], []
     try:
+        for ks in shares:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_client_process, args=(theirs, arrivals[ks.start::ks.step], ks),
+                                      name="load-client", daemon=True)
+            process.start()
+            theirs.close()
+            pipes.append(ours)
+            processes.append(process)
+        for pipe in pipes:
+            pipe.recv()  # "ready": the child has imported its modules
         start = time.perf_counter() + START_DELAY_S
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if any(future is None for future in futures):
-            raise RuntimeError(f"a client thread failed to submit (traceback above); served so far: {batcher!r}")
-        all_done.wait()
+        for pipe in pipes:
+            pipe.send(start)
+        live = list(pipes)
+        while live:
+            for pipe in wait(live):
+                k = pipe.recv()  # EOFError if a client died: its traceback is above
+                if k is None:
+                    live.remove(pipe)
+                else:
+                    submit(k)
     finally:
-        gc.unfreeze()
-    latencies = (finished - submitted) * 1e3
-    sizes = [record.size for record in batcher.batches[first_batch:]]
-    errors = sum(future.cancelled() or future.exception() is not None for future in futures)
-    return LoadResult(rate=float(rate), requests=n, errors=errors,
-                      throughput=float(n / (finished.max() - start)), p50_ms=float(np.percentile(latencies, 50)),
-                      p99_ms=float(np.percentile(latencies, 99)), mean_batch=sum(sizes) / max(len(sizes), 1),
-                      batches=len(sizes), max_lag_ms=float((submitted - start - arrivals).max() * 1e3),
-                      latencies_ms=latencies)
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+    return start
+
+
+def _client_process(pipe: Connection, times: np.ndarray, ks: range) -> None:
+    """In a client process: wait for the start, send request k's index at start + its arrival time."""
+    pipe.send("ready")
+    start = pipe.recv()
+    for k, t in zip(ks, times):
+        delay = start + t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        pipe.send(k)
+    pipe.send(None)
+    pipe.close()
