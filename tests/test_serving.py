@@ -401,3 +401,34 @@ def test_serve_bench_cli_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys
     err = capsys.readouterr().err
     assert stop.value.code == 2 and words in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.csv").exists()
+
+
+# -- warm-up in the worker thread ---------------------------------------------------------------------
+
+def test_warmup_runs_every_batch_size_in_the_worker_thread_before_serving():
+    calls = []
+
+    def model(x):
+        calls.append((len(x), threading.current_thread().name))
+        return x * 2
+
+    with TimeWindowBatcher(model, window_ms=1, max_batch=5, warmup=torch.zeros(2)) as batcher:
+        assert [size for size, _ in calls] == [1, 2, 3, 4, 5]    # done when start() returned
+        assert {thread for _, thread in calls} == {"TimeWindowBatcher"}
+        assert torch.equal(batcher.infer(torch.tensor([1.0, -1.0])), torch.tensor([2.0, -2.0]))
+        with pytest.raises(ValueError, match="warm-up"):
+            batcher.submit(torch.zeros(3))                       # the warm-up sample fixed the shape
+    assert batcher.batches[0].size == 1 and len(batcher.batches) == 1  # warm-up calls are not served batches
+    assert batcher.warmup_s > 0
+
+
+def test_a_failing_warmup_closes_the_batcher_with_the_reason():
+    def broken(x):
+        raise RuntimeError("weights missing")
+
+    batcher = TimeWindowBatcher(broken, warmup=torch.zeros(2))
+    with pytest.raises(RuntimeError, match="warm-up failed.*weights missing"):
+        batcher.start()
+    assert not batcher.running
+    with pytest.raises(RuntimeError, match="after close"):
+        batcher.submit(torch.zeros(2))
