@@ -13,8 +13,8 @@ start). Two generators:
   submit late, and while a client runs Python the worker waits for the GIL (up to the interpreter's switch
   interval, 5 ms by default, when the client does not block).
 * ``"process"``: the clients are separate processes (``multiprocessing``, spawned). Each sleeps until a
-  request's time and sends its index through a pipe; one receiver thread in the server's process submits
-  it, like a network server's reading loop. The schedule runs on ``time.perf_counter`` (CLOCK_MONOTONIC,
+  request's time and sends its index through a pipe (every request already due, when it is late); one
+  receiver thread in the server's process submits them, like a network server's reading loop. The schedule runs on ``time.perf_counter`` (CLOCK_MONOTONIC,
   shared by all processes on Linux), so lateness is measured against the same clock.
 
 ``lag`` = submit time − scheduled time: how far behind schedule a request reached the batcher. A lag near
@@ -169,8 +169,8 @@ def _run_threads(arrivals: np.ndarray, shares: list[range], submit) -> float:
 
 
 def _run_processes(arrivals: np.ndarray, shares: list[range], submit) -> float:
-    """One spawned client process per share sends each request's index at its time; this thread receives
-    the indices and submits them. Returns the start of the schedule, set once every client is ready."""
+    """One spawned client process per share sends request indices at their times; this thread receives
+    them and submits them. Returns the start of the schedule, set once every client is ready."""
     context = multiprocessing.get_context("spawn")  # fork is unsafe in a process running threads and CUDA
     pipes, processes = [], []
     try:
@@ -190,11 +190,11 @@ def _run_processes(arrivals: np.ndarray, shares: list[range], submit) -> float:
         live = list(pipes)
         while live:
             for pipe in wait(live):
-                k = pipe.recv()  # EOFError if a client died: its traceback is above
-                if k is None:
+                message = pipe.recv_bytes()  # EOFError if a client died: its traceback is above
+                if not message:
                     live.remove(pipe)
-                else:
-                    submit(k)
+                for k in np.frombuffer(message, dtype=np.int64):
+                    submit(int(k))
     finally:
         for process in processes:
             process.join(timeout=5)
@@ -204,13 +204,17 @@ def _run_processes(arrivals: np.ndarray, shares: list[range], submit) -> float:
 
 
 def _client_process(pipe: Connection, times: np.ndarray, ks: range) -> None:
-    """In a client process: wait for the start, send request k's index at start + its arrival time."""
+    """In a client process: wait for the start; send request k's index at start + its arrival time. A
+    client behind schedule sends every request already due in one message (int64 indices); b'' ends."""
     pipe.send("ready")
     start = pipe.recv()
-    for k, t in zip(ks, times):
-        delay = start + t - time.perf_counter()
+    ks, i = np.asarray(ks, dtype=np.int64), 0
+    while i < len(ks):
+        delay = start + times[i] - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        pipe.send(k)
-    pipe.send(None)
+        due = max(i + 1, int(np.searchsorted(times, time.perf_counter() - start, side="right")))
+        pipe.send_bytes(ks[i:due].tobytes())
+        i = due
+    pipe.send_bytes(b"")
     pipe.close()
