@@ -433,3 +433,17 @@ def test_a_failing_warmup_closes_the_batcher_with_the_reason():
     assert not batcher.running
     with pytest.raises(RuntimeError, match="after close"):
         batcher.submit(torch.zeros(2))
+
+
+def test_judge_applies_the_target_from_five_times_the_capacity_rounded():
+    from labkit.serving.bench import judge
+
+    def rows(rate):
+        return [{"rate": rate, "mode": "one-by-one", "throughput": 100.0, "p99_ms": 900.0, "p99_bound_ms": 1.0},
+                {"rate": rate, "mode": "window", "throughput": 600.0, "p99_ms": 7.0, "p99_bound_ms": 8.0},
+                {"rate": rate, "mode": "window", "throughput": 600.0, "p99_ms": 9.0, "p99_bound_ms": 8.0}]
+
+    judged = judge(rows(round(5 * 100.4)), one_by_one_rps=100.4)   # 502 offered: 5x, rounded as the CLI does
+    assert [r["meets_target"] for r in judged] == [None, True, False]
+    assert [r["speedup"] for r in judged] == [1.0, 6.0, 6.0]
+    assert [r["meets_target"] for r in judge(rows(450), one_by_one_rps=100.4)] == [None, None, None]

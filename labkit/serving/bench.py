@@ -146,8 +146,15 @@ def _bench_rate(model_fn, inputs, rate: float, capacity: dict, windows, max_batc
     controller = WindowController(target_p99_ms, window_ms=min(1.0, target_p99_ms))
     rows.append(_serve(model_fn, inputs, rate, run, max_batch=max_batch, controller=controller)
                 | {"mode": "controller", "p99_bound_ms": target_p99_ms, "controller_steps": controller.steps})
+    return judge(rows, capacity["one_by_one_rps"])
+
+
+def judge(rows: list[dict], one_by_one_rps: float) -> list[dict]:
+    """Add speedup, p99_ok, target and meets_target to the rows of one rate and generator (rows[0] is
+    one-by-one). The target applies to window rows offered ≥ 5× the one-by-one capacity, which the
+    command rounds to whole requests/s."""
     one_by_one = rows[0]["throughput"]
-    overloaded = rate >= SPEEDUP_TARGET * capacity["one_by_one_rps"]  # one-by-one cannot keep up at all
+    overloaded = rows[0]["rate"] >= round(SPEEDUP_TARGET * one_by_one_rps)  # one-by-one cannot keep up at all
     for row in rows:
         row["speedup"] = row["throughput"] / one_by_one
         row["p99_ok"] = row["p99_ms"] <= row["p99_bound_ms"]
