@@ -103,3 +103,19 @@ def summary(out: str | Path, target: float | None = None) -> pd.DataFrame:
     table.insert(0, "seeds", per_seed.groupby("run").seed.count())
     table.attrs["target"] = target
     return table.sort_values("final_acc_mean", ascending=False)
+
+
+def first_reach(histories: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Per (run, seed) of a ``load_histories`` table: the first epoch whose ``test_acc`` reaches ``target``,
+    with ``wall_time_s``, ``steps`` and ``samples`` at the end of that epoch, and ``reached``. A run that
+    never reaches the target has ``reached`` False and nan in the other columns (not its whole-run values,
+    so a mean over seeds is a mean over the seeds that got there; count them with ``reached``)."""
+    rows = []
+    for (run, seed), h in histories.groupby(["run", "seed"]):
+        hits = h.sort_values("epoch")
+        hits = hits[hits.test_acc >= target]
+        first = hits.iloc[0] if len(hits) else None
+        rows.append(dict(run=run, seed=seed, reached=first is not None,
+                         **{c: math.nan if first is None else first[c]
+                            for c in ("epoch", "wall_time_s", "steps", "samples")}))
+    return pd.DataFrame(rows, columns=["run", "seed", "reached", "epoch", "wall_time_s", "steps", "samples"])

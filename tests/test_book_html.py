@@ -91,7 +91,7 @@ def test_built_pages_reference_no_external_resource(built_book):
         assert not re.search(r"unpkg\.com|cdn\.jsdelivr|cdnjs\.", text), page
 
 
-PANEL_FREE = {"serving", "sequences"}   # inference and text batching: no batch-size rule with a, α, K to slide
+PANEL_FREE = {"serving", "sequences", "conclusions"}   # inference, text batching, the results summary: no rule to slide
 
 
 def test_every_strategy_chapter_has_a_panel():
