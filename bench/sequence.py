@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from torch.nn import functional as F
 from labkit import text
 from labkit.buckets import BucketBatcher, RandomBatcher, TokenBatcher
 from labkit.models import build_model
-from labkit.runtime import REPO, pick_device, provenance, quick_mode
+from labkit.runtime import REPO, pick_device, quick_mode, save_table
 
 BATCHERS = ("global", "dynamic", "bucket", "tokens")
 
@@ -162,14 +161,8 @@ def main(argv=None):
                   flush=True)
     table = pd.DataFrame(rows)
     print(summary(table).to_string())
-    meta = provenance(args.device) | {
-        "dataset": d.name, "train_messages": len(d.y_train), "model": "gru", "batch": args.batch,
-        "max_tokens": args.max_tokens, "pool": args.pool, "lr": args.lr, "max_length": args.max_length,
-        "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.assign(**meta).to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
-
+    save_table(table, args.out, args.device, dataset=d.name, train_messages=len(d.y_train), model="gru",
+               batch=args.batch, max_tokens=args.max_tokens, pool=args.pool, lr=args.lr, max_length=args.max_length)
 
 if __name__ == "__main__":
     main()
