@@ -177,7 +177,8 @@ def parse_milestones(text: str) -> dict[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"train": _train, "sweep": _sweep, "find-batch": _find_batch, "serve-bench": _serve_bench}[args.command]
+    commands = {"train": _train, "sweep": _sweep, "find-batch": _find_batch, "serve-bench": _serve_bench}
+    command = commands[args.command]
     try:
         return command(parser, args)
     except (TypeError, ValueError, FileNotFoundError) as error:
@@ -270,6 +271,7 @@ def _serve_bench(parser: Parser, args: argparse.Namespace) -> int:
                  "speedup", "p99_bound_ms", "p99_ok", "meets_target", "p99_lag_ms"]].round(3).to_string(index=False))
     save_table(table, args.out, device, **meta)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -106,7 +106,7 @@ def serve_bench(model: str = "cnn", *, device: torch.device, max_batch: int = 64
     """Run the benchmark (module docstring); returns (one row per rate × generator × mode, the
     capacity measurements and settings as a dict for the table's metadata)."""
     max_batch = check_int("max_batch", max_batch, low=1)
-    for name, values in (("windows", windows), ("load", load), ("rates", rates or (1,))):
+    for name, values in (("windows", windows), ("load", load), ("rates", rates or ())):
         for value in values:
             check_float(name, value, low=0.0, low_open=True)
     for generator in generators:

@@ -14,8 +14,9 @@ start). Two generators:
   interval, 5 ms by default, when the client does not block).
 * ``"process"``: the clients are separate processes (``multiprocessing``, spawned). Each sleeps until a
   request's time and sends its index through a pipe (every request already due, when it is late); one
-  receiver thread in the server's process submits them, like a network server's reading loop. The schedule runs on ``time.perf_counter`` (CLOCK_MONOTONIC,
-  shared by all processes on Linux), so lateness is measured against the same clock.
+  receiver thread in the server's process submits them, like a network server's reading loop. The
+  schedule runs on ``time.perf_counter`` (CLOCK_MONOTONIC, shared by all processes on Linux), so lateness
+  is measured against the same clock.
 
 ``lag`` = submit time − scheduled time: how far behind schedule a request reached the batcher. A lag near
 the latencies means the generator, not the batcher, was the limit: the offered rate was not really offered.
