@@ -303,14 +303,18 @@ def run_cost(history: pd.DataFrame, prices: Prices = Prices(), target_acc: float
     return cost
 
 
-def cost_table(histories: pd.DataFrame, prices: Prices = Prices(), target_acc: float | None = None) -> pd.DataFrame:
+def cost_table(histories: pd.DataFrame, prices: Prices = Prices(), target_acc: float | None = None, *,
+               spread: bool = False) -> pd.DataFrame:
     """One row per run (``load_histories``' table): ``seeds``, with a target how many ``reached`` it, and
-    the mean over seeds of each ``run_cost`` quantity; cheapest cloud cost first."""
+    the mean over seeds of each ``run_cost`` quantity; cheapest cloud cost first. ``spread=True`` adds each
+    quantity's standard deviation over seeds (ddof 1) as ``<quantity>_std``."""
     _require_columns(histories, ["run", "seed"], "histories (a table from labkit.experiments.load_histories)")
     per_seed = pd.DataFrame([{"run": run, **run_cost(h, prices, target_acc)}
                              for (run, _), h in histories.groupby(["run", "seed"])])
     by_run = per_seed.groupby("run")
     table = by_run[list(QUANTITIES)].mean()
+    if spread:
+        table = table.join(by_run[list(QUANTITIES)].std().add_suffix("_std"))
     table.insert(0, "seeds", by_run.size())
     if target_acc is not None:
         table.insert(1, "reached", by_run.reached.sum())

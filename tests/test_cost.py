@@ -6,6 +6,7 @@ import threading
 import time
 import types
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -64,6 +65,10 @@ def test_cost_table_means_over_seeds_and_counts_those_that_reached():
     assert targeted.loc["linear", "time_s"] == pytest.approx((540 + 960) / 2)
     assert targeted.loc["fixed", "time_s"] == pytest.approx((1080 + 1620 + 2700) / 3)
     assert targeted.loc["fixed", "steps"] == 300
+    spread = cost_table(histories, spread=True)
+    assert spread.loc["fixed", "time_s_std"] == pytest.approx(np.std([1440.0, 2160.0, 3600.0], ddof=1))
+    assert spread.loc["linear", "cloud_usd_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert spread.drop(columns=[c for c in spread if c.endswith("_std")]).equals(table)
 
 
 @pytest.mark.parametrize("target, match", [(0, r"target_acc=0 is out of range.*\(0, 1\]"),

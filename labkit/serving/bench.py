@@ -39,7 +39,7 @@ import torch
 
 from labkit.checks import check_float, check_int
 from labkit.models import build_model
-from labkit.serving.batcher import TimeWindowBatcher
+from labkit.serving.batcher import BatchRecord, TimeWindowBatcher
 from labkit.serving.controller import WindowController
 from labkit.serving.load import GENERATORS, run_load
 
@@ -61,8 +61,10 @@ def make_model_fn(name: str, device: torch.device):
     return model_fn
 
 
-def burst(model_fn, inputs: torch.Tensor, max_batch: int, requests: int, device) -> tuple[float, float]:
-    """(requests/s, ms per batch) serving ``requests`` queued at once in batches of up to ``max_batch``."""
+def burst(model_fn, inputs: torch.Tensor, max_batch: int, requests: int,
+          device) -> tuple[float, float, list[BatchRecord]]:
+    """Serve ``requests`` queued at once in batches of up to ``max_batch``: (requests/s, ms per batch end to
+    end, the batcher's ``BatchRecord`` per model call)."""
     batcher = TimeWindowBatcher(model_fn, window_ms=1.0, max_batch=max_batch, device=device, warmup=inputs[0])
     for k in range(requests):
         batcher.submit(inputs[k % len(inputs)])
@@ -70,7 +72,7 @@ def burst(model_fn, inputs: torch.Tensor, max_batch: int, requests: int, device)
     start = time.perf_counter()
     batcher.close()  # serves the queue, stops
     elapsed = time.perf_counter() - start
-    return requests / elapsed, elapsed * 1e3 / len(batcher.batches)
+    return requests / elapsed, elapsed * 1e3 / len(batcher.batches), batcher.batches
 
 
 def isolated_p99(model_fn, inputs: torch.Tensor, size: int, device, repeats: int = 200,
@@ -115,8 +117,8 @@ def serve_bench(model: str = "cnn", *, device: torch.device, max_batch: int = 64
     model_fn = make_model_fn(model, device)
     inputs = torch.randn(256, *SAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))  # requests, on the CPU
     with switch_interval(switch_interval_ms) as interval_ms:
-        one_rps, batch1_ms = burst(model_fn, inputs, 1, burst_requests, device)
-        batched_rps, batch_ms = burst(model_fn, inputs, max_batch, burst_requests, device)
+        one_rps, batch1_ms, _ = burst(model_fn, inputs, 1, burst_requests, device)
+        batched_rps, batch_ms, _ = burst(model_fn, inputs, max_batch, burst_requests, device)
         capacity = {"one_by_one_rps": one_rps, "batch1_ms": batch1_ms, "batched_rps": batched_rps,
                     "batch_ms": batch_ms, "isolated_batch1_p99_ms": isolated_p99(model_fn, inputs, 1, device),
                     "isolated_batch_p99_ms": isolated_p99(model_fn, inputs, max_batch, device)}
