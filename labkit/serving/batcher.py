@@ -22,10 +22,12 @@ Example::
 ``max_batch=1`` is one-by-one serving: the same worker, every request alone.
 
 Warm-up: the first call at a new batch size is slow. With cuDNN, a convolution's plan for a new shape is
-chosen on first use (7 ms for the book's cnn on an H100), and PyTorch keeps those plans per thread: a
-warm-up in the caller's thread left 64 of 2000 calls in a fresh worker thread at 7–13 ms, one per batch
-size, against 1.2 ms at p99 in the warmed thread (PyTorch 2.11, cuDNN 9.19). ``warmup=sample`` runs the
-model once at every batch size 1..max_batch in the worker thread itself; ``start()`` returns when done.
+chosen on first use (about 7 ms for the book's cnn on an H100), and PyTorch keeps those plans per thread.
+``bench/warmup.py`` (``results/bench_warmup.csv``: H100, PyTorch 2.11, cuDNN 9.19) timed 2000 calls at
+random batch sizes 1..64 after a warm-up in the main thread: over 4 ms were 15 calls in the main thread
+(p99 2.9 ms), 73 in a fresh thread (p99 8.2 ms: about one per batch size more), and 19 in a fresh thread
+that warmed up itself (p99 3.9 ms). ``warmup=sample`` runs the model once at every batch size
+1..max_batch in the worker thread itself; ``start()`` returns when done.
 
 Chapter: Time-window batching for inference.
 """
