@@ -19,6 +19,10 @@ strategy). It is read before every batch, so a strategy stepped inside the loop 
 ``batches(size, pool=indices)`` serves only the samples in ``pool`` this epoch: the easy-to-hard pools of
 ``labkit.curriculum.Curriculum``.
 
+``DeviceBatcher(..., augment=Augment())`` crops and flips each training batch on the device after normalising
+(``labkit.augment``), with its own generator: turning augmentation on does not change the shuffling order.
+``state_dict()`` holds both generators' states; save it between epochs to resume the same batches.
+
 ``StrategyBatchSampler`` gives a ``torch.utils.data.DataLoader`` the same changing batch size.
 """
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import Sampler
 
+from labkit.augment import Augment
 from labkit.checks import check_int
 
 
@@ -40,22 +45,35 @@ class DeviceBatcher:
         mean, std: one value per channel (``x.shape[1]``), e.g. ``TensorData.mean``; both or neither
             (neither: no normalisation beyond the 1/255).
         shuffle: a new random order every epoch (default True); False serves the dataset in order.
-        seed: seeds the device's ``torch.Generator``: the same seed gives the same epochs on the same
-            device type (CPU and CUDA draw different permutations).
+        seed: seeds the device's ``torch.Generator`` for the order (``generator``) and, with seed +
+            ``AUGMENT_SEED_OFFSET``, a second one for augmentation (``augment_generator``): the same seed gives
+            the same epochs on the same device type (CPU and CUDA draw different numbers).
         drop_last: skip a final batch smaller than the size asked for.
         device: where to keep the data (default: ``x``'s device).
+        augment: an ``Augment`` applied to every batch after normalising (training data only; default None).
+            x must then be images (N, C, H, W).
     """
 
+    AUGMENT_SEED_OFFSET = 0x9E3779B9  # augment seed = seed + this; it changes the low 32 bits a CPU generator uses
+
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean=None, std=None, *, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False, device=None):
+                 seed: int = 0, drop_last: bool = False, device=None, augment: Augment | None = None):
         if x.ndim < 2 or len(x) != len(y):
             raise ValueError(f"x.shape={tuple(x.shape)} and y.shape={tuple(y.shape)}: expected x (N, C, ...) "
                              f"and y (N,) with the same N")
+        if augment is not None:
+            if not isinstance(augment, Augment):
+                raise TypeError(f"augment={augment!r} must be a labkit.augment.Augment or None, e.g. "
+                                f"Augment(crop_padding=4, flip=True)")
+            augment.check_images(x.shape)
         device = x.device if device is None else torch.device(device)
         self.x, self.y = x.to(device), y.to(device)
         self.scale, self.shift = _affine(x, mean, std, device)
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.generator = torch.Generator(device=device).manual_seed(check_int("seed", seed, low=0))
+        self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
+        seed = check_int("seed", seed, low=0)
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # the order of every epoch
+        self.augment_generator = torch.Generator(device=device).manual_seed(
+            (seed + self.AUGMENT_SEED_OFFSET) % 2**64)
 
     @property
     def num_samples(self) -> int:
@@ -78,7 +96,8 @@ class DeviceBatcher:
         n = self.num_samples if order is None else len(order)
         for start, stop in epoch_spans(n, read_size, self.drop_last):
             index = slice(start, stop) if order is None else order[start:stop]
-            yield self.normalise(self.x[index]), self.y[index]
+            xb = self.normalise(self.x[index])
+            yield (xb if self.augment is None else self.augment(xb, self.augment_generator)), self.y[index]
 
     def _epoch_order(self, pool: torch.Tensor | None) -> torch.Tensor | None:
         """The sample indices of one epoch in serving order, drawn with the batcher's seeded generator;
@@ -94,9 +113,26 @@ class DeviceBatcher:
         Out of place: a float batch may be a view of the stored data."""
         return xb.float() * self.scale - self.shift
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Both generators' states, ``{"order": ..., "augment": ...}`` as CPU uint8 tensors (loadable with
+        ``torch.load(..., weights_only=True)``). Taken between epochs, it resumes the same next epochs."""
+        return {"order": self.generator.get_state(), "augment": self.augment_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the generators from ``state_dict()`` (tensors may come back on any device)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"batcher state is a {type(state).__name__}: expected the dict of "
+                            f"DeviceBatcher.state_dict(); a lone tensor is the order generator's state alone, "
+                            f"restore it with batcher.generator.set_state(tensor)")
+        if set(state) != {"order", "augment"}:
+            raise ValueError(f"batcher state has keys {sorted(state)}: expected ['augment', 'order'] from "
+                             f"DeviceBatcher.state_dict()")
+        self.generator.set_state(state["order"].cpu())
+        self.augment_generator.set_state(state["augment"].cpu())
+
     def __repr__(self) -> str:
         return (f"DeviceBatcher(x={tuple(self.x.shape)} {self.x.dtype}, device={self.x.device}, "
-                f"shuffle={self.shuffle}, drop_last={self.drop_last})")
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}, augment={self.augment})")
 
 
 class StrategyBatchSampler(Sampler[list[int]]):
