@@ -2,6 +2,8 @@
 
     labkit train --dataset mnist --model mlp --strategy linear --b-init 64 --a 64 --epochs 10 --out runs/mnist-linear
     labkit train --dataset cifar10 --model cnn --strategy loss --delta ema --alpha 0.3 --epochs 20 --out runs/c10-loss
+    labkit tune --dataset cifar10 --model resnet --epochs 16 --runs fixed:b_init=256 --out runs/tune-c10
+    labkit sweep ... --tuned runs/tune-c10 --runs fixed:b_init=256 --seeds 0 1 2 --out runs/c10
     labkit find-batch --dataset cifar10 --model cnn --out runs/find-c10
     labkit serve-bench --device cuda --out results/bench_serving.csv
     labkit train --help
@@ -73,6 +75,25 @@ def build_parser() -> Parser:
     sweep.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
                        help="[LABEL=]STRATEGY[:KEY=VALUE,...], e.g. fixed:b_init=128 loss:delta=ema,alpha=0.3")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sweep.add_argument("--tuned", type=Path, metavar="TUNE_DIR", help="train each run at the peak LR that "
+                       "`labkit tune` chose for its label (TUNE_DIR/chosen.json); other labels use --lr")
+    sweep.add_argument("--stop-after", type=float, metavar="SECONDS", help="start no new run after this long "
+                       "(rerun the same command to continue)")
+
+    tune = commands.add_parser("tune", help="pick the peak LR per run on a validation split held out of train",
+                               description="Trains each --runs spec at each LR of a log-spaced grid with the "
+                                           "same schedule and epochs, scored on a share of the training set "
+                                           "held out (--validation; the test split is never evaluated). Writes "
+                                           "OUT/tune.csv and OUT/chosen.json, which `labkit sweep --tuned OUT` "
+                                           "reads.")
+    _add_run_arguments(tune)
+    tune.set_defaults(validation=0.1)
+    tune.add_argument("--runs", nargs="+", required=True, metavar="SPEC", help="as in `labkit sweep`")
+    tune.add_argument("--lrs", nargs="+", type=float, help="the LR grid (default: 5 values ×2 apart around --lr)")
+    tune.add_argument("--jobs", type=int, default=1, help="trials trained at once in separate processes (their "
+                      "times are then not comparable; tuning reports none)")
+    tune.add_argument("--stop-after", type=float, metavar="SECONDS", help="start no new trial after this long "
+                      "(with --jobs 1; rerun the same command to continue)")
 
     find = commands.add_parser("find-batch", help="recommend a batch size and learning rate before training",
                                description="Finds the largest batch that fits, the gradient noise scale B_simple "
@@ -127,6 +148,7 @@ def build_parser() -> Parser:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of a training run shared by ``train`` and ``sweep``."""
+    from labkit.lr_schedules import LR_SCHEDULES
     from labkit.strategies import LR_RULES
     from labkit.train import DECIDE, OPTIMIZERS
 
@@ -135,6 +157,17 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.05, help="learning rate at the base batch size")
     parser.add_argument("--lr-rule", default="sqrt", choices=LR_RULES, help="how lr follows the batch size")
+    parser.add_argument("--lr-schedule", default="linear", choices=LR_SCHEDULES,
+                        help="peak lr × schedule(share of training samples seen): warm-up then linear decay to "
+                             "zero (default), cosine, step (×0.1 at 50%% and 75%%), onecycle, or constant")
+    parser.add_argument("--lr-warmup", type=float, metavar="EPOCHS",
+                        help="epochs of linear warm-up (default 1, at most a fifth of the run; constant: 0)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="ε of the training loss")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="random crop (4 px, reflect) and flip on the device (default: on for cifar10)")
+    parser.add_argument("--validation", type=float, default=0.0,
+                        help="share of the training set held out and evaluated instead of the test split "
+                             "(tune: default 0.1; train and sweep: default 0, the test split)")
     parser.add_argument("--base-batch", type=int, help="batch size --lr was tuned for (default: b_init)")
     parser.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     parser.add_argument("--decide-every", default="epoch", choices=DECIDE)
@@ -158,8 +191,9 @@ def _base_config(args: argparse.Namespace, strategy: str = "fixed", params: dict
     from labkit.train import TrainConfig
 
     return TrainConfig(dataset=args.dataset, model=args.model, strategy=strategy, strategy_params=params or {},
-                       epochs=args.epochs, lr=args.lr, lr_rule=args.lr_rule, base_batch=args.base_batch,
-                       optimizer=args.optimizer, decide_every=args.decide_every, gns_every=args.gns_every,
+                       epochs=args.epochs, lr=args.lr, lr_rule=args.lr_rule, lr_schedule=args.lr_schedule,
+                       lr_warmup=args.lr_warmup, label_smoothing=args.label_smoothing, augment=args.augment,
+                       validation=args.validation, base_batch=args.base_batch, optimizer=args.optimizer, decide_every=args.decide_every, gns_every=args.gns_every,
                        memory_budget_mb=args.memory_budget_mb, curriculum=args.curriculum,
                        curriculum_c0=args.curriculum_c0, curriculum_epochs=args.curriculum_epochs,
                        seed=args.seed, device=args.device, compile=args.compile,
@@ -177,7 +211,8 @@ def parse_milestones(text: str) -> dict[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": _train, "sweep": _sweep, "find-batch": _find_batch, "serve-bench": _serve_bench}
+    commands = {"train": _train, "sweep": _sweep, "tune": _tune, "find-batch": _find_batch,
+                "serve-bench": _serve_bench}
     command = commands[args.command]
     try:
         return command(parser, args)
@@ -207,16 +242,51 @@ def _train(parser: Parser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(parser: Parser, args: argparse.Namespace) -> int:
-    from labkit.experiments import parse_run, sweep
+def _check_runs(specs: list[str]) -> None:
+    """Build every run spec once before any work, so a typo stops the command at once."""
+    from labkit.experiments import parse_run
     from labkit.strategies import build
 
-    for spec in args.runs:                                            # check every spec before any work
+    for spec in specs:
         _, name, params = parse_run(spec)
         build(name, **params)
-    table = sweep(_base_config(args), args.runs, args.seeds, args.out, progress=not args.no_progress)
-    table.to_csv(args.out / "summary.csv")
+
+
+def _sweep(parser: Parser, args: argparse.Namespace) -> int:
+    import json
+
+    from labkit.experiments import sweep
+    from labkit.runtime import atomic_path
+
+    _check_runs(args.runs)
+    lrs = None
+    if args.tuned is not None:
+        chosen = args.tuned / "chosen.json"
+        if not chosen.is_file():
+            raise FileNotFoundError(f"--tuned {args.tuned}: no chosen.json there; run `labkit tune --out "
+                                    f"{args.tuned} ...` first")
+        lrs = json.loads(chosen.read_text())
+    table = sweep(_base_config(args), args.runs, args.seeds, args.out, progress=not args.no_progress, lrs=lrs,
+                  stop_after=args.stop_after)
+    with atomic_path(args.out / "summary.csv") as partial:
+        table.to_csv(partial)
     print(table.round(4).to_string())
+    return 0
+
+
+def _tune(parser: Parser, args: argparse.Namespace) -> int:
+    from labkit.checks import check_int
+    from labkit.experiments import chosen_lrs, log_grid, tune
+
+    _check_runs(args.runs)
+    lrs = args.lrs or log_grid(args.lr)
+    if len(lrs) < 2 or min(lrs) <= 0:
+        raise ValueError(f"--lrs {' '.join(map(str, lrs))}: give at least two learning rates, all > 0")
+    table = tune(_base_config(args), args.runs, lrs, args.out, validation=args.validation,
+                 jobs=check_int("--jobs", args.jobs, low=1), progress=not args.no_progress,
+                 stop_after=args.stop_after)
+    print(table.round(4).to_string(index=False))
+    print(f"chosen (best final validation accuracy): {chosen_lrs(table)}; wrote {args.out}/tune.csv, chosen.json")
     return 0
 
 

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from labkit.checks import check_int
+from labkit.checks import check_float, check_int
 from labkit.runtime import REPO, pick_device
 
 SHARED = REPO.parent / "shared" / "datasets"
@@ -71,6 +71,24 @@ class TensorData:
         test = _sample(self.x_test, self.y_test, check_int("n_test", n_test, low=1, high=len(self.y_test)),
                        generator)
         return replace(self, x_train=train[0], y_train=train[1], x_test=test[0], y_test=test[1])
+
+    def validation_split(self, fraction: float, seed: int = 0) -> TensorData:
+        """The data for tuning: a seeded share ``fraction`` of the training set is held out and takes the
+        place of the test split; the model trains on the rest. The real test split is not in the result, so
+        a tuner that works on it cannot read the test set. ``mean`` and ``std`` are recomputed on the rest."""
+        check_float("validation", fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        n = len(self.y_train)
+        n_val = round(fraction * n)
+        if not 1 <= n_val < n:
+            raise ValueError(f"validation={fraction:g} of {n} training samples leaves {n_val} to validate on and "
+                             f"{n - n_val} to train on: both must be at least 1")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(check_int("seed", seed, low=0)))
+        held, kept = order[:n_val].sort().values, order[n_val:].sort().values
+        x_train = self.x_train[kept.to(self.x_train.device)]
+        mean, std = channel_stats(x_train)
+        return replace(self, x_train=x_train, y_train=self.y_train[kept.to(self.y_train.device)],
+                       x_test=self.x_train[held.to(self.x_train.device)],
+                       y_test=self.y_train[held.to(self.y_train.device)], mean=mean, std=std)
 
     def __repr__(self) -> str:
         def shape(x):

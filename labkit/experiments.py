@@ -5,16 +5,27 @@
 
 Each run lands in ``OUT/<label>/seed<s>/`` (history.csv, config.json); a finished run is skipped when the
 sweep is started again, so an interrupted sweep resumes. ``summary(OUT)`` reads every history back into one
-table: final accuracy, best accuracy, time and samples to reach a target accuracy, mean ± std over seeds.
+table: final accuracy, best accuracy, time and samples to reach a target accuracy, mean ± std over seeds. A
+run that stopped dead or diverged is counted in ``failed`` and left out of the means, never averaged in.
+
+The honest-baseline protocol tunes before it compares (``tune``, ``labkit tune``): each run spec trains at
+every peak LR of a log-spaced grid on a validation split held out of the training set (the test split is not
+loaded into those runs), with the same schedule and epoch budget; ``chosen.json`` keeps the best LR per spec
+and ``sweep(..., lrs=chosen)`` trains the comparison with it.
 """
 from __future__ import annotations
 
+import json
 import math
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 
+from labkit.runtime import atomic_path
 from labkit.train import Diverged, TrainConfig, fit
 
 
@@ -48,26 +59,50 @@ def _value(key: str, text: str):
     return text
 
 
-def sweep(base: TrainConfig, runs: list[str], seeds: list[int], out: str | Path, progress: bool = True) -> pd.DataFrame:
-    """Run every (run spec, seed) pair under ``out``; skip finished ones; return ``summary(out)``."""
+def sweep(base: TrainConfig, runs: list[str], seeds: list[int], out: str | Path, progress: bool = True,
+          lrs: dict[str, float] | None = None, stop_after: float | None = None) -> pd.DataFrame:
+    """Run every (run spec, seed) pair under ``out``; skip finished ones; return ``summary(out)``.
+
+    ``lrs``: the peak LR per run label (``chosen.json`` of ``tune``); labels not in it train at ``base.lr``.
+    ``stop_after``: start no new run after this many seconds (a rerun continues where this one stopped).
+    """
     out = Path(out)
-    parsed = [parse_run(spec) for spec in runs]
-    for label, name, params in parsed:
-        for seed in seeds:
-            folder = out / label / f"seed{seed}"
-            if _finished(folder, base.epochs):
-                continue
-            config = replace(base, strategy=name, strategy_params=params, seed=seed)
-            try:
-                fit(config, folder, resume=True, progress=progress)
-            except Diverged as error:      # keep going: the diverged run's history stays in its folder
-                print(f"{label} seed {seed}: {error}")
+    jobs = [(folder, config) for folder, config in _plan(base, runs, seeds, out, lrs)
+            if not finished(folder, base.epochs)]
+    start = time.perf_counter()
+    for i, (folder, config) in enumerate(jobs):
+        if stop_after is not None and time.perf_counter() - start > stop_after:
+            print(f"stopped after {stop_after:g} s with {len(jobs) - i} runs left: run the same command again")
+            break
+        _run(config, folder, progress)
     return summary(out)
 
 
-def _finished(folder: Path, epochs: int) -> bool:
+def _plan(base: TrainConfig, runs: list[str], seeds: list[int], out: Path, lrs: dict[str, float] | None):
+    """(folder, config) of each (run spec, seed), in the order given."""
+    for label, name, params in (parse_run(spec) for spec in runs):
+        lr = base.lr if lrs is None else lrs.get(label, base.lr)
+        for seed in seeds:
+            yield out / label / f"seed{seed}", replace(base, strategy=name, strategy_params=params, seed=seed, lr=lr)
+
+
+def _run(config: TrainConfig, folder: Path, progress: bool) -> None:
+    """One run into ``folder``, resumed from its checkpoint if it has one; a diverged or dead run keeps its
+    history there and the sweep goes on."""
+    try:
+        fit(config, folder, resume=True, progress=progress)
+    except Diverged as error:
+        print(f"{folder}: {error}")
+
+
+def finished(folder: Path, epochs: int) -> bool:
+    """True when ``folder`` holds a complete history: all ``epochs`` rows, or a run that stopped itself
+    (diverged or dead; its last reason starts with 'stopped:')."""
     history = folder / "history.csv"
-    return history.exists() and len(pd.read_csv(history)) >= epochs
+    if not history.exists():
+        return False
+    rows = pd.read_csv(history)
+    return len(rows) >= epochs or (len(rows) > 0 and str(rows.reason.iloc[-1]).startswith("stopped:"))
 
 
 def load_histories(out: str | Path) -> pd.DataFrame:
@@ -83,26 +118,111 @@ def load_histories(out: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def failed(histories: pd.DataFrame) -> pd.Series:
+    """Per (run, seed): True when the run stopped itself, dead (at chance) or diverged (NaN loss)."""
+    reasons = histories.sort_values("epoch").groupby(["run", "seed"]).reason.last().astype(str)
+    return reasons.str.startswith("stopped:")
+
+
 def summary(out: str | Path, target: float | None = None) -> pd.DataFrame:
-    """Per run, mean ± std over seeds of: final and best test accuracy, training time, samples, steps,
-    and the time to first reach ``target`` accuracy (default: 0.99 × the lowest best accuracy of all runs)."""
+    """Per run, mean ± std over its live seeds of: final and best test accuracy, training time, samples,
+    steps, energy, and the time to first reach ``target`` accuracy (default: 0.99 × the lowest best accuracy
+    of the live runs). ``seeds`` counts the live seeds, ``failed`` the dead or diverged ones, which are left
+    out of every mean (a run whose seeds all failed has nan means)."""
     histories = load_histories(out)
+    dead = failed(histories)
     best = histories.groupby(["run", "seed"]).test_acc.max()
-    target = round(0.99 * best.min(), 4) if target is None else target
+    live_best = best[~dead.reindex(best.index, fill_value=False)]
+    target = round(0.99 * (live_best if len(live_best) else best).min(), 4) if target is None else target
     rows = []
     for (run, seed), h in histories.groupby(["run", "seed"]):
         reached = h[h.test_acc >= target]
-        rows.append(dict(run=run, seed=seed, final_acc=h.test_acc.iloc[-1], best_acc=h.test_acc.max(),
+        energy = h.energy_j.iloc[-1] if "energy_j" in h else math.nan
+        rows.append(dict(run=run, seed=seed, failed=bool(dead.get((run, seed), False)),
+                         final_acc=h.test_acc.iloc[-1], best_acc=h.test_acc.max(),
                          final_loss=h.test_loss.iloc[-1], time_s=h.wall_time_s.iloc[-1],
-                         samples=h.samples.iloc[-1], steps=h.steps.iloc[-1],
+                         samples=h.samples.iloc[-1], steps=h.steps.iloc[-1], energy_j=energy,
                          time_to_target_s=reached.wall_time_s.iloc[0] if len(reached) else math.nan,
                          final_batch=h.next_batch.iloc[-1]))
     per_seed = pd.DataFrame(rows)
-    table = per_seed.drop(columns="seed").groupby("run").agg(["mean", "std"])
+    live = per_seed[~per_seed.failed]
+    table = (live.drop(columns=["seed", "failed"]).groupby("run").agg(["mean", "std"])
+             .reindex(per_seed.run.unique()))
     table.columns = [f"{a}_{b}" for a, b in table.columns]
-    table.insert(0, "seeds", per_seed.groupby("run").seed.count())
+    table.insert(0, "failed", per_seed.groupby("run").failed.sum().astype(int))
+    table.insert(0, "seeds", live.groupby("run").seed.count().reindex(table.index, fill_value=0).astype(int))
+    table.index.name = "run"
     table.attrs["target"] = target
     return table.sort_values("final_acc_mean", ascending=False)
+
+
+def log_grid(center: float, points: int = 5, factor: float = 2.0) -> list[float]:
+    """``points`` values spaced by ``factor`` on a log scale around ``center``: 0.05 → 0.0125 … 0.2."""
+    return [round(center * factor ** (k - (points - 1) / 2), 10) for k in range(points)]
+
+
+def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, validation: float = 0.1,
+         jobs: int = 1, progress: bool = True, stop_after: float | None = None) -> pd.DataFrame:
+    """The honest-baseline protocol's first half: each run spec at each peak LR of ``lrs``, trained with
+    ``base``'s schedule and epoch budget on the training set less a held-out share ``validation``, and
+    scored on that held-out share (``TrainConfig.validation``; the test split is never evaluated).
+
+    Trials land in ``OUT/<label>/lr=<lr>/``; finished ones are skipped, so a tuning resumes. ``jobs`` > 1
+    trains that many trials at once in separate processes: their scores are what counts, their times are
+    not comparable and are not reported. Writes ``OUT/tune.csv`` (every trial: final and best validation
+    accuracy, final validation loss, failed) and ``OUT/chosen.json`` ({label: best lr by final validation
+    accuracy among the live trials}); returns the trial table.
+    """
+    if validation <= 0:
+        raise ValueError(f"validation={validation:g}: tuning needs a held-out share of the training set in (0, 1)")
+    out = Path(out)
+    trials = [(out / label / f"lr={lr:g}", replace(base, strategy=name, strategy_params=params, lr=lr,
+                                                   validation=validation, seed=base.seed))
+              for label, name, params in (parse_run(spec) for spec in runs) for lr in lrs]
+    todo = [(config, folder, progress and jobs == 1) for folder, config in trials
+            if not finished(folder, base.epochs)]
+    if todo and jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_run_args, todo))
+    else:
+        start = time.perf_counter()
+        for i, args in enumerate(todo):
+            if stop_after is not None and time.perf_counter() - start > stop_after:
+                print(f"stopped after {stop_after:g} s with {len(todo) - i} trials left: run the same command again")
+                break
+            _run_args(args)
+    table = tune_table(out)
+    chosen = chosen_lrs(table)
+    with atomic_path(out / "tune.csv") as partial:
+        table.to_csv(partial, index=False)
+    with atomic_path(out / "chosen.json") as partial:
+        partial.write_text(json.dumps(chosen, indent=2) + "\n")
+    return table
+
+
+def _run_args(args: tuple) -> None:
+    _run(*args)
+
+
+def tune_table(out: str | Path) -> pd.DataFrame:
+    """Every finished trial under ``out`` (``OUT/<label>/lr=<lr>/history.csv``): label, lr, final and best
+    validation accuracy, final validation loss, epochs run, failed."""
+    rows = []
+    for path in sorted(Path(out).glob("*/lr=*/history.csv")):
+        h = pd.read_csv(path)
+        rows.append(dict(label=path.parent.parent.name, lr=float(path.parent.name.removeprefix("lr=")),
+                         val_acc=h.test_acc.iloc[-1], best_val_acc=h.test_acc.max(), val_loss=h.test_loss.iloc[-1],
+                         epochs=int(h.epoch.iloc[-1]), failed=str(h.reason.iloc[-1]).startswith("stopped:")))
+    if not rows:
+        raise FileNotFoundError(f"no */lr=*/history.csv under {out}: run labkit tune there first")
+    return pd.DataFrame(rows).sort_values(["label", "lr"], ignore_index=True)
+
+
+def chosen_lrs(table: pd.DataFrame) -> dict[str, float]:
+    """{label: the lr of the live trial with the highest final validation accuracy}; a label whose trials
+    all failed is left out. A best lr at either end of the grid is worth a wider grid (the book says so)."""
+    live = table[~table.failed]
+    return {label: float(rows.lr.loc[rows.val_acc.idxmax()]) for label, rows in live.groupby("label")}
 
 
 def first_reach(histories: pd.DataFrame, target: float) -> pd.DataFrame:

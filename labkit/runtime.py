@@ -9,6 +9,7 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +64,23 @@ def provenance(device=None) -> dict:
     }
 
 
+@contextmanager
+def atomic_path(path):
+    """Write to a temporary file beside ``path`` and move it into place when the block ends without an error
+    (``os.replace``: a reader, or a rerun after a kill, sees the old file or the new one, never half of one).
+
+        >>> with atomic_path(out / "history.csv") as tmp:
+        ...     table.to_csv(tmp, index=False)
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def save_table(table, path, device=None, **meta) -> Path:
     """Write a results table as CSV, each row carrying ``provenance(device)``, ``meta`` and the command line
     that produced it (benchmarks use this so a CSV says where and how it was made)."""
@@ -75,6 +93,7 @@ def save_table(table, path, device=None, **meta) -> Path:
     table = table.assign(**provenance(device), **meta, command=command)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False)
+    with atomic_path(path) as partial:
+        table.to_csv(partial, index=False)
     print(f"wrote {path}")
     return path

@@ -2,9 +2,17 @@
 
     python -m labkit train --dataset mnist --model mlp --strategy linear --a 64 --epochs 10 --out runs/lin
 
-Per epoch it trains on batches whose size the strategy sets, evaluates on the test split, feeds the
-strategy its signals (train loss, mean softmax entropy, gradient noise scale when tracked, epoch) and
-appends a row to the history table. Phases, in order: set LR → forward/backward → optimizer step →
+Per epoch it trains on batches whose size the strategy sets, evaluates on the test split (or, with
+``validation``, on a share of the training set held out for tuning), feeds the strategy its signals (train
+loss, mean softmax entropy, gradient noise scale when tracked, epoch) and appends a row to the history table.
+
+The learning rate of a step of batch B is ``lr · f(p) · coupling(B)``: the peak ``lr``, the schedule's factor
+f (``labkit.lr_schedules``; default warm-up for one epoch then linear decay to zero) at p, the share of the
+training samples seen by the middle of the batch, and the batch-size coupling (``lr_rule``) on top. Image
+training batches can be augmented on the device (``augment``: random 4 px crop and flip; on by default for
+cifar10) and the loss smoothed (``label_smoothing``). A run that learns nothing, its train loss within 2% of
+ln C for two epochs or its accuracy at chance after them, stops with ``DeadRun`` (its history kept), as a
+NaN loss stops with ``Diverged``. Phases, in order: set LR → forward/backward → optimizer step →
 accumulate signals (on the device, no sync) → end of epoch: one sync, eval, strategy decision, log,
 checkpoint. The data stays on the device (``labkit.batching.DeviceBatcher``); on CUDA the step runs in
 bf16 autocast with channels_last images, and optionally under ``torch.compile`` with a dynamic batch
@@ -37,10 +45,12 @@ from labkit.batching import DeviceBatcher
 from labkit.checks import check_choice, check_float, check_int
 from labkit.cost import EnergyMeter
 from labkit.curriculum import Curriculum, loss_difficulty
+from labkit.augment import Augment
 from labkit.data import load
+from labkit.lr_schedules import LR_SCHEDULES, LRSchedule
 from labkit.memory import OUT_OF_MEMORY, MemoryCapExceeded, MemoryWatch, free_memory
 from labkit.models import build_model
-from labkit.runtime import pick_device, provenance, quick_mode
+from labkit.runtime import atomic_path, pick_device, provenance, quick_mode
 from labkit.signals import mean_entropy
 
 OPTIMIZERS = ("sgd", "adam")
@@ -59,9 +69,14 @@ class TrainConfig:
     epochs: int = 5
     lr: float = 0.05                  # tuned for base_batch
     lr_rule: str = "sqrt"             # linear | sqrt | none: how lr follows the batch size
+    lr_schedule: str = "linear"       # constant | cosine | linear | step | onecycle over the share of training done
+    lr_warmup: float | None = None    # epochs of linear warm-up (None: 1, at most a fifth of the run; constant: 0)
     base_batch: int | None = None     # batch size lr was tuned for (default: the strategy's b_init)
     optimizer: str = "sgd"            # sgd (momentum 0.9, nesterov) | adam
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0      # cross-entropy against (1 − ε)·one-hot + ε/C (train loss only)
+    augment: bool | None = None       # random crop (4 px) and flip on the device; None: on for cifar10
+    validation: float = 0.0           # share of the training set held out and evaluated instead of the test split
     decide_every: str = "epoch"       # epoch | step: when the strategy takes a decision
     gns_every: int = 0                # GNS reading every N steps (0: off; GNSTracker's default for gns)
     memory_budget_mb: float | None = None   # memory signal's budget (CUDA: the device's memory; enforced if less)
@@ -79,6 +94,11 @@ class TrainConfig:
         check_int("epochs", self.epochs, low=1)
         check_float("lr", self.lr, low=0.0, low_open=True)
         check_choice("lr_rule", self.lr_rule, strategies.LR_RULES)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_warmup is not None:
+            check_float("lr_warmup", self.lr_warmup, low=0.0, high=self.epochs, high_open=True)
+        check_float("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        check_float("validation", self.validation, low=0.0, high=1.0, high_open=True)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("decide_every", self.decide_every, DECIDE)
         check_int("gns_every", self.gns_every, low=0)
@@ -101,6 +121,10 @@ class Diverged(RuntimeError):
         self.history = history
 
 
+class DeadRun(Diverged):
+    """The run learns nothing: its loss or accuracy stays at chance; ``history`` holds the epochs so far."""
+
+
 def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = False,
         progress: bool = True) -> pd.DataFrame:
     """Train as ``config`` says; return the per-epoch history (and write it under ``out`` if given).
@@ -118,6 +142,8 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     if quick:
         data = data.subset(min(QUICK_SIZES[0], len(data.y_train)), min(QUICK_SIZES[1], len(data.y_test)),
                            seed=config.seed)
+    if config.validation:
+        data = data.validation_split(config.validation)        # seed 0: every trial validates on the same samples
     strategy = strategies.build(config.strategy, **config.strategy_params)
     n_train = len(data.y_train)
     if strategy.min_batch > n_train:
@@ -132,7 +158,9 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     forward = compiled(model) if config.compile else model
     gns = _gns_tracker(config)
     train = DeviceBatcher(data.x_train, data.y_train, mean=data.mean, std=data.std, shuffle=True,
-                          seed=config.seed, drop_last=True)
+                          seed=config.seed, drop_last=True, augment=_augment(config, data))
+    schedule = LRSchedule(config.lr_schedule, warmup=_warmup_share(config))
+    chance = _chance(data)
     test = DeviceBatcher(data.x_test, data.y_test, mean=data.mean, std=data.std, shuffle=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget = None if config.memory_budget_mb is None else config.memory_budget_mb * 2**20
@@ -150,7 +178,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             strategy.load_state_dict(state["strategy"])
-            train.generator.set_state(state["batcher"].cpu())
+            train.load_state_dict(state["batcher"])
             if gns is not None:
                 gns.load_state_dict(state["gns"])
             torch.set_rng_state(state["rng"].cpu())
@@ -169,14 +197,17 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             epoch_samples = epoch_steps = retries = 0
             lr = config.lr
             pool = None if curriculum is None else curriculum(epoch).pool(epoch)
+            epoch_size = n_train if pool is None else len(pool)
             for chunk in train.batches(lambda: strategy.batch_size, pool=pool):
                 pending = [chunk]               # a batch that runs out of memory comes back here in halves
                 retrying = False                # its pieces train but take no per-step decision: their
                 while pending:                  # memory says nothing about the batch the strategy now holds
                     xb, yb = pending.pop()
                     batch = len(yb)
-                    # -- set LR for this batch size --------------------------------------------------------
-                    lr = strategies.scaled_lr(config.lr, base_batch, batch, config.lr_rule)
+                    # -- LR: peak · schedule(share of training done, mid-batch) · coupling(batch size) ---------
+                    progress = (epoch + (epoch_samples + batch / 2) / epoch_size) / config.epochs
+                    lr = (config.lr * schedule.factor_at(progress)
+                          * strategies.scaled_lr(1.0, base_batch, batch, config.lr_rule))
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     if images:
@@ -185,11 +216,11 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                     try:
                         watch.before(batch)
                         if gns is not None and gns.due(step):
-                            logits, loss = _measured_step(gns, model, xb, yb, autocast)
+                            logits, loss = _measured_step(gns, model, xb, yb, autocast, config.label_smoothing)
                         else:
                             with autocast:
                                 logits = forward(xb)
-                                loss = F.cross_entropy(logits, yb)
+                                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
                             loss.backward()
                         optimizer.step()
                         failure = None
@@ -238,6 +269,13 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                 raise Diverged(f"training diverged at epoch {epoch + 1}: train loss is {train_loss} at batch size "
                                f"{row['batch_size']:.0f}, lr {lr:g}; lower lr or use lr_rule='sqrt' "
                                f"(history so far kept{f' in {out}' if out else ''})", history)
+            dead = _dead([*rows, row], *chance)
+            if dead:
+                rows.append({**row, "next_batch": strategy.batch_size, "reason": f"stopped: dead, {dead}"})
+                history = _save_history(out, rows, strategy)
+                raise DeadRun(f"the run is dead at epoch {epoch + 1}: {dead}; lower lr (now {config.lr:g} at batch "
+                              f"{base_batch}) or lengthen the warm-up (history so far kept"
+                              f"{f' in {out}' if out else ''})", history)
             if config.decide_every == "epoch":
                 strategy.step(loss=train_loss, entropy=train_entropy, epoch=epoch + 1, **_gns_signal(gns),
                               **_memory_signal(epoch_usage))
@@ -246,11 +284,11 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             bar.set_postfix(B=int(row["batch_size"]), loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
             _save_history(out, rows, strategy)
             if out is not None:
-                torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                strategy=strategy.state_dict(), batcher=train.generator.get_state(),
-                                gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
-                                history=rows, counters=[epoch + 1, step, samples, wall, energy]),
-                           out / "checkpoint.pt")
+                with atomic_path(out / "checkpoint.pt") as partial:
+                    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                    strategy=strategy.state_dict(), batcher=train.state_dict(),
+                                    gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
+                                    history=rows, counters=[epoch + 1, step, samples, wall, energy]), partial)
     return pd.DataFrame(rows)
 
 
@@ -298,7 +336,7 @@ def _gns_tracker(config: TrainConfig):
     return GNSTracker(every=config.gns_every) if config.gns_every else GNSTracker()
 
 
-def _measured_step(gns, model, xb, yb, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+def _measured_step(gns, model, xb, yb, autocast, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """A GNS step's forward and backward, without a pass of its own: the tracker's k microbatch passes
     leave the batch's mean gradient in ``.grad``, and their logits (concatenated) and losses (the
     size-weighted mean) stand in for the batch's. BatchNorm normalises each microbatch by its own
@@ -306,13 +344,54 @@ def _measured_step(gns, model, xb, yb, autocast) -> tuple[torch.Tensor, torch.Te
     parts = []
 
     def loss_fn(logits, target):
-        loss = F.cross_entropy(logits, target)
+        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
         parts.append((logits.detach(), loss.detach() * len(target)))
         return loss
 
     with autocast:
         gns.measure(model, loss_fn, xb, yb)
     return torch.cat([logits for logits, _ in parts]), torch.stack([total for _, total in parts]).sum() / len(yb)
+
+
+def _augment(config: TrainConfig, data) -> Augment | None:
+    """Random crop and flip for image training batches: on for cifar10 unless ``augment=False``."""
+    wanted = data.name.startswith("cifar10") if config.augment is None else config.augment
+    if wanted and len(data.input_shape) != 3:
+        raise ValueError(f"augment=True needs images (C, H, W); {data.name} holds samples of shape "
+                         f"{data.input_shape}: leave augment off")
+    return Augment() if wanted else None
+
+
+def _warmup_share(config: TrainConfig) -> float:
+    """The warm-up as a share of training: ``lr_warmup`` epochs / epochs; by default one epoch, at most a
+    fifth of the run, and none for the constant schedule."""
+    if config.lr_warmup is not None:
+        return config.lr_warmup / config.epochs
+    return 0.0 if config.lr_schedule == "constant" else min(1 / config.epochs, 0.2)
+
+
+DEAD_LOSS = 0.02     # a train loss within 2% of ln C ...
+DEAD_EPOCHS = 2      # ... for this many epochs, or chance accuracy after them, marks a dead run
+
+
+def _chance(data) -> tuple[float, float]:
+    """Chance level: the loss ln C of a uniform guess and the accuracy of always naming the commonest class."""
+    counts = torch.bincount(data.y_test, minlength=data.num_classes)
+    return math.log(data.num_classes), (counts.max() / counts.sum()).item()
+
+
+def _dead(rows: list[dict], chance_loss: float, chance_acc: float) -> str | None:
+    """Why the run is dead, or None: its train loss within ``DEAD_LOSS`` of ln C in each of the last
+    ``DEAD_EPOCHS`` epochs, or its evaluation accuracy within one point of chance after them."""
+    if len(rows) < DEAD_EPOCHS:
+        return None
+    last = rows[-DEAD_EPOCHS:]
+    if all(abs(r["train_loss"] - chance_loss) <= DEAD_LOSS * chance_loss for r in last):
+        return (f"train loss {last[-1]['train_loss']:.4f} stayed within {DEAD_LOSS:.0%} of ln C = {chance_loss:.4f} "
+                f"(chance) for {DEAD_EPOCHS} epochs")
+    if last[-1]["test_acc"] <= chance_acc + 0.01:
+        return f"accuracy {last[-1]['test_acc']:.4f} is at chance ({chance_acc:.4f}) after {len(rows)} epochs"
+    return None
 
 
 def _gns_signal(gns) -> dict[str, float]:
@@ -373,16 +452,19 @@ def _save_history(out: Path | None, rows: list[dict], strategy=None) -> pd.DataF
     """Write ``history.csv`` (one row per epoch) and the strategy's decision log, ``decisions.csv``."""
     history = pd.DataFrame(rows)
     if out is not None:
-        history.to_csv(out / "history.csv", index=False)
+        with atomic_path(out / "history.csv") as partial:
+            history.to_csv(partial, index=False)
         if strategy is not None:
-            pd.DataFrame([asdict(d) for d in strategy.history], columns=["step", "old", "new", "reason"]
-                         ).to_csv(out / "decisions.csv", index=False)
+            with atomic_path(out / "decisions.csv") as partial:
+                pd.DataFrame([asdict(d) for d in strategy.history], columns=["step", "old", "new", "reason"]
+                             ).to_csv(partial, index=False)
     return history
 
 
 def _write_config(out: Path, config: TrainConfig, device: torch.device) -> None:
     record = {"config": asdict(config), "provenance": provenance(device)}
-    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_path(out / "config.json") as partial:
+        partial.write_text(json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["TrainConfig", "fit", "evaluate", "Diverged", "make_optimizer", "compiled"]
+__all__ = ["TrainConfig", "fit", "evaluate", "Diverged", "DeadRun", "make_optimizer", "compiled"]

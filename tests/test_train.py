@@ -7,6 +7,7 @@ import pytest
 
 from labkit.cli import main
 from labkit.data import load
+from labkit import train as train_module
 from labkit.train import Diverged, TrainConfig, fit
 
 TIMING = ["epoch_time_s", "wall_time_s", "samples_per_s"]
@@ -50,11 +51,24 @@ def test_same_seed_same_run_on_cpu():
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    config = TrainConfig(**{**BASE.__dict__, "strategy": "loss", "epochs": 4,
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    config = TrainConfig(**{**BASE.__dict__, "strategy": "loss", "epochs": 4, "augment": True,
                             "strategy_params": {"b_init": 32, "delta": "diff", "max_batch": 256}})
     whole = fit(config, tmp_path / "whole", progress=False)
-    fit(TrainConfig(**{**config.__dict__, "epochs": 2}), tmp_path / "part", progress=False)
+    evaluate = train_module.evaluate
+    calls = []
+
+    def interrupted(*args):               # the third evaluation: after epoch 2's checkpoint, before epoch 3's
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "part", progress=False)
+    monkeypatch.undo()
+    assert len(pd.read_csv(tmp_path / "part" / "history.csv")) == 2
     resumed = fit(config, tmp_path / "part", resume=True, progress=False)
     assert len(resumed) == 4
     pd.testing.assert_frame_equal(whole.drop(columns=TIMING), resumed.drop(columns=TIMING))

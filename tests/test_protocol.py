@@ -1,0 +1,151 @@
+"""The honest-baseline protocol on CPU (digits): LR schedule inside fit, dead runs, the validation split,
+the tuner and the sweep that uses its choices."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from labkit import train as train_module
+from labkit.cli import main
+from labkit.data import load
+from labkit.experiments import chosen_lrs, log_grid, summary, sweep, tune
+from labkit.lr_schedules import lr_factor
+from labkit.train import DeadRun, TrainConfig, fit
+
+BASE = TrainConfig(dataset="digits", model="mlp", epochs=3, lr=0.05, quick=False, device="cpu",
+                   strategy_params={"b_init": 32, "min_batch": 16, "max_batch": 256})
+N_TRAIN = 1437                      # digits: the stratified training split
+
+
+def last_batch_progress(epoch: int, batch: int, epochs: int, n: int = N_TRAIN) -> float:
+    """Share of training done at the middle of an epoch's last full batch (fit drops the partial one)."""
+    steps = n // batch
+    return (epoch + ((steps - 1) * batch + batch / 2) / n) / epochs
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "step", "onecycle", "constant"])
+def test_fit_follows_the_schedule_at_a_fixed_batch(schedule):
+    config = TrainConfig(**{**BASE.__dict__, "lr_schedule": schedule, "lr_warmup": 1.0, "lr_rule": "none"})
+    history = fit(config, progress=False)
+    for epoch, lr in enumerate(history.lr):
+        p = last_batch_progress(epoch, 32, 3)
+        assert lr == pytest.approx(0.05 * lr_factor(schedule, p, warmup=1 / 3), rel=1e-9)
+
+
+def test_schedule_is_in_samples_and_coupling_multiplies_on_top():
+    config = TrainConfig(**{**BASE.__dict__, "strategy": "linear", "lr_rule": "sqrt", "lr_warmup": 0.0,
+                            "strategy_params": {"b_init": 32, "a": 96, "max_batch": 512}})
+    history = fit(config, progress=False)
+    assert list(history.batch_size) == [32, 128, 224]
+    for epoch, (batch, lr) in enumerate(zip(history.batch_size.astype(int), history.lr)):
+        p = last_batch_progress(epoch, batch, 3)
+        assert lr == pytest.approx(0.05 * (1 - p) * math.sqrt(batch / 32), rel=1e-9)
+
+
+def test_default_warmup_is_one_epoch_capped_at_a_fifth():
+    assert train_module._warmup_share(TrainConfig(epochs=20)) == pytest.approx(1 / 20)
+    assert train_module._warmup_share(TrainConfig(epochs=3)) == pytest.approx(0.2)
+    assert train_module._warmup_share(TrainConfig(epochs=3, lr_schedule="constant")) == 0.0
+
+
+def test_a_dead_run_stops_with_a_message_and_keeps_its_history(tmp_path):
+    config = TrainConfig(**{**BASE.__dict__, "epochs": 5, "lr": 1e-9})      # learns nothing: loss stays ln 10
+    with pytest.raises(DeadRun, match=r"dead at epoch 2: train loss .* within 2% of ln C") as caught:
+        fit(config, tmp_path, progress=False)
+    saved = pd.read_csv(tmp_path / "history.csv")
+    assert len(saved) == 2 and len(caught.value.history) == 2
+    assert saved.reason.iloc[-1].startswith("stopped: dead")
+    assert abs(saved.train_loss.iloc[-1] - math.log(10)) < 0.02 * math.log(10)
+
+
+def test_a_live_run_is_not_called_dead():
+    assert fit(BASE, progress=False).test_acc.iloc[-1] > 0.5       # 3 epochs, never stopped
+
+
+def test_dead_rule_on_accuracy_at_chance():
+    rows = [dict(train_loss=1.5, test_acc=0.105), dict(train_loss=1.4, test_acc=0.105)]
+    assert "at chance" in train_module._dead(rows, math.log(10), 0.1)
+    assert train_module._dead(rows[:1], math.log(10), 0.1) is None                  # needs two epochs
+    assert train_module._dead([*rows[:1], dict(train_loss=1.4, test_acc=0.3)], math.log(10), 0.1) is None
+
+
+def test_sweep_marks_dead_seeds_and_leaves_them_out_of_the_means(tmp_path):
+    runs = ["ok=fixed:b_init=32", "dead=fixed:b_init=32"]
+    sweep(BASE, runs, [0, 1], tmp_path, progress=False, lrs={"ok": 0.05, "dead": 1e-9})
+    table = summary(tmp_path)
+    assert table.loc["ok", "seeds"] == 2 and table.loc["ok", "failed"] == 0
+    assert table.loc["dead", "seeds"] == 0 and table.loc["dead", "failed"] == 2
+    assert math.isnan(table.loc["dead", "final_acc_mean"])
+    finals = [pd.read_csv(tmp_path / "ok" / f"seed{s}" / "history.csv").test_acc.iloc[-1] for s in (0, 1)]
+    assert table.loc["ok", "final_acc_mean"] == pytest.approx(sum(finals) / 2)
+    # a stopped run counts as finished: a second sweep does not train it again
+    before = (tmp_path / "dead" / "seed0" / "history.csv").stat().st_mtime_ns
+    sweep(BASE, runs, [0, 1], tmp_path, progress=False, lrs={"ok": 0.05, "dead": 1e-9})
+    assert (tmp_path / "dead" / "seed0" / "history.csv").stat().st_mtime_ns == before
+
+
+def test_validation_split_is_held_out_of_train_and_replaces_test():
+    data = load("digits")
+    split = data.validation_split(0.2)
+    assert len(split.y_test) == round(0.2 * N_TRAIN) and len(split.y_train) + len(split.y_test) == N_TRAIN
+    rows = {tuple(x.flatten().tolist()) for x in data.x_train}
+    assert all(tuple(x.flatten().tolist()) in rows for x in split.x_test)       # validation comes from train
+    assert torch.equal(data.validation_split(0.2).y_test, split.y_test)         # the same split every time
+    with pytest.raises(ValueError, match="validation=1"):
+        data.validation_split(1.0)
+
+
+def test_the_tuner_never_reads_the_test_split(tmp_path, monkeypatch):
+    runs = ["fixed:b_init=32"]
+    real = tune(BASE, runs, [0.02, 0.1], tmp_path / "real", validation=0.2, progress=False)
+    original = train_module.load
+
+    def scrambled(*args, **kwargs):        # the same data with a test split of noise and wrong labels
+        data = original(*args, **kwargs)
+        noise = torch.randn(data.x_test.shape, generator=torch.Generator().manual_seed(1))  # not the global RNG
+        return type(data)(**{**data.__dict__, "x_test": noise,
+                             "y_test": (data.y_test + 1) % data.num_classes})
+
+    monkeypatch.setattr(train_module, "load", scrambled)
+    other = tune(BASE, runs, [0.02, 0.1], tmp_path / "other", validation=0.2, progress=False)
+    pd.testing.assert_frame_equal(real, other)
+    without = fit(TrainConfig(**{**BASE.__dict__, "epochs": 1}), progress=False)  # the check can fail:
+    assert without.test_acc.iloc[-1] < 0.5                                     # test scores do change
+
+
+def test_tune_picks_the_best_validation_lr_and_sweep_uses_it(tmp_path, capsys):
+    tune_dir, sweep_dir = tmp_path / "tune", tmp_path / "sweep"
+    assert main(["tune", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--device", "cpu",
+                 "--lrs", "1e-9", "0.01", "0.1", "--runs", "fixed:b_init=32", "--out", str(tune_dir),
+                 "--no-progress"]) == 0
+    table = pd.read_csv(tune_dir / "tune.csv")
+    assert list(table.lr) == [1e-9, 0.01, 0.1]
+    assert table.failed.tolist() == [True, False, False]          # lr 1e-9 learns nothing: flagged dead
+    chosen = json.loads((tune_dir / "chosen.json").read_text())
+    live = table[~table.failed]
+    assert chosen == {"fixed-b_init=32": live.lr[live.val_acc.idxmax()]}
+    config = json.loads((tune_dir / "fixed-b_init=32" / "lr=0.1" / "config.json").read_text())["config"]
+    assert config["validation"] == 0.1                           # tune's default held-out share
+    assert main(["sweep", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--device", "cpu",
+                 "--tuned", str(tune_dir), "--runs", "fixed:b_init=32", "--seeds", "0", "--out", str(sweep_dir),
+                 "--no-progress"]) == 0
+    used = json.loads((sweep_dir / "fixed-b_init=32" / "seed0" / "config.json").read_text())["config"]
+    assert used["lr"] == chosen["fixed-b_init=32"] and used["validation"] == 0.0
+
+
+def test_chosen_lrs_skip_failed_trials_and_log_grid_is_log_spaced():
+    table = pd.DataFrame(dict(label=["a", "a", "a", "b"], lr=[0.1, 0.2, 0.4, 0.1], val_acc=[0.5, 0.7, 0.9, 0.1],
+                              failed=[False, False, True, True]))
+    assert chosen_lrs(table) == {"a": 0.2}
+    grid = log_grid(0.1)
+    assert grid == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4])
+
+
+def test_cli_sweep_tuned_without_chosen_json_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["sweep", "--dataset", "digits", "--tuned", str(tmp_path), "--runs", "fixed", "--out",
+              str(tmp_path / "s")])
+    assert code.value.code == 2
+    assert "no chosen.json" in capsys.readouterr().err
