@@ -16,15 +16,15 @@ step=${1:?usage: baselines.sh tune|sweep DATASET}
 dataset=${2:?usage: baselines.sh tune|sweep DATASET}
 JOBS=${JOBS:-8}
 STOP_AFTER=${STOP_AFTER:-450}
-command -v labkit >/dev/null || labkit() { python3 -m labkit "$@"; }     # a checkout without pip install
+command -v labkit >/dev/null || labkit() { "${PYTHON:-python3}" -m labkit "$@"; }  # a checkout, not installed
 
 case $dataset in
   cifar10)
     out=results/baselines/cifar10-jpeg-resnet
     common=(--dataset cifar10 --model resnet --epochs 16 --label-smoothing 0.1)
-    adaptive=(linear:b_init=64,a=64,max_batch=1024 exponential:b_init=64,a=1.2,max_batch=1024
-              progressive:b_init=64,target=1024,warmup=8 'epoch:b_init=64,milestones=4>128;8>256;12>512'
-              loss:b_init=64,delta=ema,alpha=0.3,max_batch=1024 gns:b_init=64,max_batch=1024) ;;
+    adaptive=(linear:b_init=64,a=64,max_batch=1024 progressive:b_init=64,target=1024,warmup=8
+              loss:b_init=64,delta=ema,alpha=0.3,max_batch=1024 gns:b_init=64,max_batch=1024
+              exponential:b_init=64,a=1.2,max_batch=1024 'epoch:b_init=64,milestones=4>128;8>256;12>512') ;;
   mnist|fashion-mnist)
     if [ "$dataset" = mnist ]; then
       out=results/baselines/mnist-mlp; common=(--dataset mnist --model mlp --epochs 10)
