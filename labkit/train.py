@@ -289,7 +289,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                                     strategy=strategy.state_dict(), batcher=train.state_dict(),
                                     gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
                                     history=rows, counters=[epoch + 1, step, samples, wall, energy]), partial)
-    return pd.DataFrame(rows)
+    return _save_history(out, rows, strategy)        # again: a resumed, finished run restores a lost history
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 from labkit import train as train_module
 from labkit.cli import main
 from labkit.data import load
-from labkit.experiments import chosen_lrs, log_grid, summary, sweep, tune
+from labkit.experiments import chosen_lrs, log_grid, reach_ratios, summary, sweep, tune
 from labkit.lr_schedules import lr_factor
 from labkit.train import DeadRun, TrainConfig, fit
 
@@ -149,3 +149,25 @@ def test_cli_sweep_tuned_without_chosen_json_is_one_line(tmp_path, capsys):
               str(tmp_path / "s")])
     assert code.value.code == 2
     assert "no chosen.json" in capsys.readouterr().err
+
+
+def test_reach_ratios_by_hand():
+    def run(name, seed, accs, times, reason=""):
+        return pd.DataFrame(dict(run=name, seed=seed, epoch=range(1, len(accs) + 1), test_acc=accs,
+                                 wall_time_s=times, steps=0, samples=0, reason=reason))
+    histories = pd.concat([
+        run("ref", 0, [0.5, 0.75, 0.875], [10, 20, 30]), run("ref", 1, [0.5, 0.5, 0.625], [10, 20, 40]),
+        run("fast", 0, [0.75, 0.875], [5, 9]), run("fast", 1, [0.5, 0.75], [4, 8]),
+        run("slow", 0, [0.875, 0.875], [50, 60]), run("slow", 1, [0.125], [1], reason="stopped: dead, at chance"),
+        run("never", 0, [0.5, 0.625], [1, 2]),
+    ], ignore_index=True)
+    table = reach_ratios(histories, "ref").set_index("run")
+    # target: the reference's mean final accuracy (0.875 + 0.625) / 2 = 0.75; its mean time (30 + 40) / 2 = 35
+    assert table.target.iloc[0] == 0.75
+    assert table.loc["fast", "ratio"] == pytest.approx((5 + 8) / 2 / 35)
+    assert table.loc["slow", "seeds"] == 1 and table.loc["slow", "ratio"] == pytest.approx(50 / 35)  # dead seed out
+    assert table.loc["ref", "reached"] == 1 and math.isnan(table.loc["ref", "ratio"])
+    assert table.loc["never", "reached"] == 0 and math.isnan(table.loc["never", "ratio"])
+    assert list(table.index[:2]) == ["fast", "slow"]
+    with pytest.raises(ValueError, match="reference='nope'"):
+        reach_ratios(histories, "nope")
