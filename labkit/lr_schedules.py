@@ -155,3 +155,106 @@ def _factor(p, name, warmup, milestones, gamma, final, div, final_div) -> float:
     if name == "step":
         return gamma ** sum(m <= p for m in milestones)
     return 1.0
+
+
+# -- grow the batch or decay the LR: SGD's noise scale -----------------------------------------------------
+PAIR_RUNS = ("decay LR", "grow batch")
+
+
+def noise_scale(lr: float, n: int, batch: int, momentum: float = 0.0, *, exact: bool = True) -> float:
+    """The noise scale of SGD, g = lr·(n/batch − 1)/(1 − momentum) ≈ lr·n/(batch·(1 − momentum)).
+
+    The scale of the random fluctuations when SGD is read as a stochastic differential equation
+    (Smith & Le 2018, "A Bayesian perspective on generalization and SGD"); with momentum m the effective
+    rate is lr/(1 − m) (Smith, Kindermans, Ying & Le 2018, "Don't decay the learning rate, increase the
+    batch size"). For batch ≪ n, g ≈ lr·n/batch: dividing lr by k or multiplying batch by k lowers g alike.
+
+    Args:
+        lr: learning rate ε, > 0.
+        n: training set size N.
+        batch: batch size B, in [1, n].
+        momentum: m in [0, 1).
+        exact: False gives the batch ≪ n form lr·n/(batch·(1 − m)).
+
+    Example::
+
+        >>> round(noise_scale(0.1, 50_000, 128), 3), round(noise_scale(0.1, 50_000, 128, exact=False), 3)
+        (38.963, 39.062)
+
+    Chapter: Progressive batching and LR coupling (grow the batch or decay the LR).
+    """
+    lr = check_float("lr", lr, low=0.0, low_open=True)
+    n = check_int("n", n, low=1)
+    batch = check_int("batch", batch, low=1, high=n)
+    momentum = check_float("momentum", momentum, low=0.0, high=1.0, high_open=True)
+    ratio = n / batch - 1 if exact else n / batch
+    return lr * ratio / (1 - momentum)
+
+
+def step_pair(epochs: int, milestones: Sequence[int], gamma: float, lr: float, batch: int, n: int,
+              momentum: float = 0.0):
+    """Two runs with the same noise scale g ≈ lr·n/B: "decay LR" (batch fixed, lr·γ^k) and "grow batch"
+    (lr fixed, batch/γ^k rounded to an integer), where k counts the milestones passed.
+
+    A milestone m is a number of finished epochs, as in torch's ``MultiStepLR`` and the ``epoch``
+    strategy's ``milestones={6: 1280}``: epoch e (1-based, as in history.csv) has k = #{m < e}.
+
+    Returns a pandas DataFrame with one row per run and epoch: ``epoch``, ``run``, ``lr``, ``batch``,
+    ``g`` (the batch ≪ n form, equal for both runs up to the rounding of the batch), ``g_exact``
+    (``noise_scale``; the grown batch's is lower by lr·(1 − γ^k)/(1 − m)), ``steps`` (updates in the
+    epoch, ⌊n/B⌋: the trainer drops the last partial batch) and ``cum_steps`` (updates so far; history.csv
+    calls this ``steps``).
+
+    Example::
+
+        >>> t = step_pair(12, (6, 9), gamma=0.1, lr=0.05, batch=128, n=60_000)
+        >>> t.groupby("run").cum_steps.last().to_dict()
+        {'decay LR': 5616, 'grow batch': 2958}
+
+    Chapter: Progressive batching and LR coupling (grow the batch or decay the LR).
+    """
+    import pandas as pd
+
+    epochs = check_int("epochs", epochs, low=1)
+    if isinstance(milestones, str) or not isinstance(milestones, Sequence):
+        raise TypeError(f"milestones={milestones!r} must be a sequence of epochs, e.g. (6, 9)")
+    marks = tuple(check_int(f"milestones[{i}]", m, low=1, high=max(epochs - 1, 1))
+                  for i, m in enumerate(milestones))
+    if any(a >= b for a, b in zip(marks, marks[1:])):
+        raise ValueError(f"milestones={list(marks)} must be strictly increasing epochs, e.g. (6, 9)")
+    gamma = check_float("gamma", gamma, low=0.0, high=1.0, low_open=True)
+    lr = check_float("lr", lr, low=0.0, low_open=True)
+    n = check_int("n", n, low=1)
+    batch = check_int("batch", batch, low=1, high=n)
+    grown = round(batch / gamma ** len(marks))
+    if grown > n:
+        raise ValueError(f"the grow-batch run reaches batch {grown} = {batch}/{gamma:g}^{len(marks)}, more than "
+                         f"the n={n} training examples: use fewer milestones, a larger gamma or a smaller batch")
+    rows = []
+    for run in PAIR_RUNS:
+        total = 0
+        for epoch in range(1, epochs + 1):
+            k = sum(m < epoch for m in marks)
+            lr_e, b = (lr * gamma ** k, batch) if run == PAIR_RUNS[0] else (lr, round(batch / gamma ** k))
+            total += n // b
+            rows.append(dict(epoch=epoch, run=run, lr=lr_e, batch=b,
+                             g=noise_scale(lr_e, n, b, momentum, exact=False),
+                             g_exact=noise_scale(lr_e, n, b, momentum), steps=n // b, cum_steps=total))
+    return pd.DataFrame(rows)
+
+
+def with_noise_scale(histories, n: int, momentum: float = 0.0):
+    """``labkit.experiments.load_histories`` output plus the columns of ``step_pair``: ``g``, ``g_exact``
+    (from each epoch's ``lr`` and ``batch_size``), ``epoch_steps`` (updates in the epoch) and
+    ``cum_steps`` (history.csv's cumulative ``steps``), so a recorded pair compares with a planned one.
+
+    ``lr`` in history.csv is the rate of an epoch's last batch: with a step schedule it changes at epoch
+    boundaries only when the milestones fall on them (as 50 % and 75 % of 12 epochs do).
+    """
+    n = check_int("n", n, low=1)
+    out = histories.sort_values(["run", "seed", "epoch"]).copy()
+    out["g"] = [noise_scale(lr, n, b, momentum, exact=False) for lr, b in zip(out.lr, out.batch_size)]
+    out["g_exact"] = [noise_scale(lr, n, b, momentum) for lr, b in zip(out.lr, out.batch_size)]
+    out["cum_steps"] = out.steps
+    out["epoch_steps"] = out.groupby(["run", "seed"]).steps.diff().fillna(out.steps).astype(int)
+    return out
