@@ -20,16 +20,13 @@ The data are the real dataset's (timing does not depend on the pixels).
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-from pathlib import Path
+import sys
 
 import pandas as pd
 
+from bench.timing import fixed_fit, parse, ratio_row, timing_parser
 from labkit.gns import GNSTracker
-from labkit.models import MODELS
-from labkit.runtime import REPO, pick_device, save_table
-from labkit.train import TrainConfig, fit
+from labkit.runtime import REPO, save_table
 
 TARGET = 1.10       # time with the default tracker / time without
 
@@ -37,10 +34,7 @@ TARGET = 1.10       # time with the default tracker / time without
 def run(args, batch: int, every: int) -> tuple[float, int, int]:
     """(training seconds over epochs 2.., steps in them, GNS readings in them) of one fit at ``batch``;
     ``every`` = 0: no tracking."""
-    config = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, lr=0.05, lr_rule="none",
-                         strategy="fixed", strategy_params={"b_init": batch, "min_batch": batch, "max_batch": batch},
-                         gns_every=every, device=str(args.device), quick=args.quick)
-    history = fit(config, progress=False)
+    history = fixed_fit(args, batch, gns_every=every)
     timed = history.iloc[1:]
     first_step = int(history.steps.iloc[0])            # steps are counted from 0 across epochs
     last_step = int(history.steps.iloc[-1])
@@ -61,43 +55,23 @@ def bench(args) -> pd.DataFrame:
                       f"({readings} readings)", flush=True)
         without = [seconds for seconds, _, _ in runs[0]]
         for every in args.every:
-            with_gns = [seconds for seconds, _, _ in runs[every]]
-            ratio = statistics.median(t / off for t, off in zip(with_gns, without))
             _, steps, readings = runs[every][-1]
-            rows.append({"batch_size": batch, "every": every, "k": GNSTracker().k, "default": every == default,
-                         "steps": steps, "readings": readings, "with_gns_s": statistics.median(with_gns),
-                         "without_gns_s": statistics.median(without), "ratio": ratio,
-                         "target": f"ratio <= {TARGET}" if every == default else "",
-                         "meets_target": ratio <= TARGET if every == default else None})
+            row = ratio_row(batch, "gns", [seconds for seconds, _, _ in runs[every]], without,
+                            TARGET if every == default else None)
+            rows.append({**row, "every": every, "k": GNSTracker().k, "default": every == default,
+                         "steps": steps, "readings": readings})
     return pd.DataFrame(rows)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=MODELS, default="cnn")
-    parser.add_argument("--dataset", default="cifar10", help="a labkit.data name (its real data are used)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512])
+    parser = timing_parser(__doc__, model="cnn", batch_sizes=[256, 512], epochs=4, repeats=2,
+                           out=REPO / "results" / "bench_gns.csv")
     parser.add_argument("--every", type=int, nargs="+", help="reading intervals to time "
-                        "(default: 10, 25, the tracker's default, 100)")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is not timed")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds over all settings")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="2048 examples, 2 epochs, 1 round (CPU smoke run)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_gns.csv")
-    args = parser.parse_args(argv)
-    args.device = pick_device(args.device)
-    default = GNSTracker().every
-    args.every = sorted(set(args.every or (10, 50, default, 200)))
-    if args.quick:
-        args.epochs, args.repeats = 2, 1
-        if args.batch_sizes == parser.get_default("batch_sizes"):
-            args.batch_sizes = [128]
-    for flag, values, low in (("--epochs", [args.epochs], 2), ("--repeats", [args.repeats], 1),
-                              ("--every", args.every, 1), ("--batch-sizes", args.batch_sizes, 1)):
-        if min(values) < low:
-            parser.error(f"{flag} {' '.join(map(str, values))}: expected integers >= {low}"
-                         f"{' (the first epoch is the warm-up)' if flag == '--epochs' else ''}")
+                        "(default: 10, 50, the tracker's default, 200)")
+    args = parse(parser, sys.argv[1:] if argv is None else argv, quick_batch=128)
+    args.every = sorted(set(args.every or (10, 50, GNSTracker().every, 200)))
+    if min(args.every) < 1:
+        parser.error(f"--every {' '.join(map(str, args.every))}: expected integers >= 1")
     return args
 
 

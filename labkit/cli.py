@@ -72,13 +72,10 @@ def build_parser() -> Parser:
                                 description="Runs each --runs spec for each seed into OUT/<label>/seed<s>/, "
                                             "skipping finished runs (a sweep resumes), and writes OUT/summary.csv.")
     _add_run_arguments(sweep)
-    sweep.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
-                       help="[LABEL=]STRATEGY[:KEY=VALUE,...], e.g. fixed:b_init=128 loss:delta=ema,alpha=0.3")
+    _add_many_runs_arguments(sweep, "run")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
     sweep.add_argument("--tuned", type=Path, metavar="TUNE_DIR", help="train each run at the peak LR that "
                        "`labkit tune` chose for its label (TUNE_DIR/chosen.json); other labels use --lr")
-    sweep.add_argument("--stop-after", type=float, metavar="SECONDS", help="start no new run after this long "
-                       "(rerun the same command to continue)")
 
     tune = commands.add_parser("tune", help="pick the peak LR per run on a validation split held out of train",
                                description="Trains each --runs spec at each LR of a log-spaced grid with the "
@@ -87,13 +84,11 @@ def build_parser() -> Parser:
                                            "OUT/tune.csv and OUT/chosen.json, which `labkit sweep --tuned OUT` "
                                            "reads.")
     _add_run_arguments(tune)
+    _add_many_runs_arguments(tune, "trial")
     tune.set_defaults(validation=0.1)
-    tune.add_argument("--runs", nargs="+", required=True, metavar="SPEC", help="as in `labkit sweep`")
     tune.add_argument("--lrs", nargs="+", type=float, help="the LR grid (default: 5 values ×2 apart around --lr)")
     tune.add_argument("--jobs", type=int, default=1, help="trials trained at once in separate processes (their "
-                      "times are then not comparable; tuning reports none)")
-    tune.add_argument("--stop-after", type=float, metavar="SECONDS", help="start no new trial after this long "
-                      "(with --jobs 1; rerun the same command to continue)")
+                      "times are then not comparable; tuning reports none; --stop-after needs --jobs 1)")
 
     find = commands.add_parser("find-batch", help="recommend a batch size and learning rate before training",
                                description="Finds the largest batch that fits, the gradient noise scale B_simple "
@@ -185,6 +180,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_many_runs_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """--runs and --stop-after, shared by ``sweep`` and ``tune``."""
+    parser.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
+                        help="[LABEL=]STRATEGY[:KEY=VALUE,...], e.g. fixed:b_init=128 loss:delta=ema,alpha=0.3")
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS", help=f"start no new {unit} after this "
+                        f"long (rerun the same command to continue)")
 
 
 def _base_config(args: argparse.Namespace, strategy: str = "fixed", params: dict | None = None):
