@@ -7,13 +7,16 @@ import json
 import math
 import random
 import re
+import shutil
+import subprocess
 
 import pytest
 
 import labkit.strategies as s
-from labkit.widgets import (TrajectoryPanel, default_signals, synthetic_entropy, synthetic_gns, synthetic_loss,
-                            trajectory, trajectory_panel)
+from labkit.widgets import (TrajectoryPanel, default_signals, noise_panel, synthetic_entropy, synthetic_gns,
+                            synthetic_loss, trajectory, trajectory_panel)
 from labkit.widgets.grid import strides
+from labkit.widgets.static import KIT_JS
 
 
 def stepped(name, params, signals, steps):
@@ -130,6 +133,31 @@ def test_static_html_is_deterministic_and_ids_differ_between_panels():
     assert a.to_html() == b.to_html()
     ids = {re.search(r'id="(labkit-panel-[0-9a-f]+)"', p.to_html()).group(1) for p in (a, c)}
     assert len(ids) == 2
+
+
+def both_panels():
+    """A trajectory panel and a noise-scale panel, each with the name its script mounts."""
+    small = noise_panel(epochs=4, milestones=[(2,)], gamma=[0.5], lr=[0.1], batch=[32, 64])
+    return [(trajectory_panel("loss", steps=8, lr_rule=["linear", "sqrt"]), "trajectory"), (small, "noise")]
+
+
+def test_both_panels_share_one_javascript_kit():
+    for panel, name in both_panels():
+        scripts = re.findall(r"<script>(.*?)</script>", panel.to_html(), re.S)
+        assert len(scripts) == 1
+        script = scripts[0]
+        assert script.startswith(KIT_JS.strip()) and script.count("window.labkitKit = {") == 1
+        assert f"window.labkitKit.panels.{name} = function (root, data, ui) {{" in script
+        assert re.search(rf'window\.labkitKit\.mount\("labkit-panel-[0-9a-f]+", "{name}"\);$', script)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_panel_scripts_parse(tmp_path):
+    for panel, name in both_panels():
+        path = tmp_path / f"{name}.js"
+        path.write_text(re.search(r"<script>(.*?)</script>", panel.to_html(), re.S).group(1))
+        result = subprocess.run(["node", "--check", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
 
 
 def test_mimebundle_outside_a_kernel_is_static_html():

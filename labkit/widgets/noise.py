@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 from labkit.checks import check_float, check_int
 from labkit.lr_schedules import PAIR_RUNS, step_pair
-from labkit.widgets.static import CSS, _escape, _json, panel_id
+from labkit.widgets.base import Panel
+from labkit.widgets.static import render_fragment
 
 MILESTONES = ((6, 9), (4, 8), (3, 6, 9), (8,))   # finished epochs after which lr·γ (or batch/γ) applies
 GAMMAS = (0.5, 0.2, 0.1)
@@ -29,7 +30,7 @@ SERIES = ("lr", "batch", "g", "g_exact", "cum_steps")   # step_pair columns the 
 LABELS = {"milestones": "milestones (epochs)", "gamma": "γ", "lr": "starting lr", "batch": "starting B"}
 
 
-class NoisePanel:
+class NoisePanel(Panel):
     """A grid of (milestones, γ, lr, batch) and ``step_pair`` at every point; build it with
     ``noise_panel``. ``panel.pair(gamma=0.2)`` is the live path (a fresh ``step_pair`` table);
     ``panel.series(gamma=0.2)`` reads the precomputed point the static view draws."""
@@ -60,7 +61,6 @@ class NoisePanel:
             raise ValueError(f"the panel's initial point {start} is invalid: {self.points[self._index(start)]}")
         self.title = title or (f"Decay the LR or grow the batch: noise scale and updates over {self.epochs} "
                                f"epochs (n = {self.n}, momentum {self.momentum:g})")
-        self._widget = None
 
     # -- the grid ---------------------------------------------------------------------------------------------
     def pair(self, **chosen: Any):
@@ -114,7 +114,7 @@ class NoisePanel:
             "momentum": self.momentum, "runs": list(PAIR_RUNS),
             "controls": [{"name": k, "label": LABELS[k], "kind": "choice" if k == "milestones" else "slider",
                           "values": [", ".join(map(str, v)) for v in vals] if k == "milestones" else list(vals),
-                          "init": vals.index(self.initial[k])} for k, vals in self.options.items()],
+                          "size": len(vals), "init": vals.index(self.initial[k])} for k, vals in self.options.items()],
             "strides": self.strides,
             "gmin": 10 ** math.floor(math.log10(min(gs))), "gmax": 10 ** math.ceil(math.log10(max(gs))),
             "points": [{"error": p} if isinstance(p, str) else p for p in self.points],
@@ -122,36 +122,11 @@ class NoisePanel:
 
     def to_html(self) -> str:
         """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
-        data = self.data()
-        pid = panel_id(data)
-        return (
-            f'<div class="labkit-panel" id="{pid}" data-panel="noise-scale">'
-            f"<style>{CSS.strip()}{NOISE_CSS.strip()}</style>"
-            f'<div class="lk-title">{_escape(self.title)}</div>'
-            '<div class="lk-controls"></div><div class="lk-plot"></div>'
-            '<div class="lk-readout">Static panel: view it in the built book, or run the cell in Jupyter for the '
-            "live version.</div>"
-            "<noscript>This interactive panel needs JavaScript; the notebook version needs a Jupyter kernel."
-            "</noscript>"
-            f'<script type="application/json" id="{pid}-data">{_json(data)}</script>'
-            f"<script>{NOISE_JS.strip().replace('__PANEL_ID__', pid)}</script>"
-            "</div>")
+        return render_fragment(self.data(), NOISE_JS, "noise", attrs={"data-panel": "noise-scale"},
+                               css=NOISE_CSS)
 
-    def widget(self):
-        """The live ipywidgets view (built once, on first use)."""
-        if self._widget is None:
-            self._widget = _build_widget(self)
-        return self._widget
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, Any]:
-        from labkit.widgets.panel import _kernel_running
-
-        bundle = {"text/plain": repr(self), "text/html": self.to_html()}
-        if _kernel_running():
-            view = self.widget()._repr_mimebundle_()
-            if view:
-                bundle.update({k: v for k, v in view.items() if k != "text/plain"})
-        return bundle
+    def _build_widget(self):
+        return _noise_widget(self)
 
     def __repr__(self) -> str:
         sizes = " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
@@ -232,7 +207,7 @@ def _options(name: str, values: Sequence) -> tuple:
     return values
 
 
-def _build_widget(panel: NoisePanel):
+def _noise_widget(panel: NoisePanel):
     """An ``ipywidgets.VBox``: title, controls, the plot (in an ``Output``) and a one-line readout."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
@@ -278,134 +253,91 @@ NOISE_CSS = """
 """
 
 NOISE_JS = r"""
-(function () {
+// the noise-scale panel: controls → points[key] → g(t) and the updates of both runs → SVG
+window.labkitKit.panels.noise = function (root, data, ui) {
   "use strict";
-  if (!window.labkitNoisePanel) {
-    var fmt = function (v) {
-      if (typeof v === "string") return v;
-      if (Number.isInteger(v)) return String(v);
-      return String(Number(v.toPrecision(3)));
-    };
-    var esc = function (s) {
-      return String(s).replace(/[&<>"]/g, function (c) {
-        return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c];
-      });
-    };
-    window.labkitNoisePanel = function (root, data) {
-      var controls = data.controls, idx = controls.map(function (c) { return c.init; });
-      var box = root.querySelector(".lk-controls"), plot = root.querySelector(".lk-plot");
-      var readout = root.querySelector(".lk-readout"), outputs = [];
-      controls.forEach(function (c, i) {
-        var wrap = document.createElement("label"), name = document.createElement("span"), input;
-        wrap.className = "lk-ctl";
-        name.textContent = c.label;
-        wrap.appendChild(name);
-        if (c.kind === "choice") {
-          input = document.createElement("select");
-          c.values.forEach(function (v, j) {
-            var o = document.createElement("option");
-            o.value = String(j); o.textContent = v; input.appendChild(o);
-          });
-        } else {
-          input = document.createElement("input");
-          input.type = "range"; input.min = "0"; input.max = String(c.values.length - 1); input.step = "1";
-        }
-        input.value = String(c.init);
-        input.name = c.name;
-        input.setAttribute("data-control", c.name);
-        var out = document.createElement("output");
-        wrap.appendChild(input);
-        if (c.kind !== "choice") wrap.appendChild(out);
-        box.appendChild(wrap);
-        var onChange = function () { idx[i] = parseInt(input.value, 10); update(); };
-        input.addEventListener("input", onChange);
-        input.addEventListener("change", onChange);
-        outputs.push(out);
-      });
+  var kit = window.labkitKit, esc = kit.esc, controls = data.controls, idx = ui.idx;
+  var plot = ui.plot, readout = ui.readout;
+  var fmt = kit.formatter(function (v) { return Number(v.toPrecision(3)); });
 
-      function update() {
-        var key = 0;
-        controls.forEach(function (c, i) {
-          outputs[i].textContent = fmt(c.values[idx[i]]);
-          key += idx[i] * data.strides[i];
-        });
-        var point = data.points[key];
-        if (!point || point.error) {
-          plot.innerHTML = draw(null);
-          readout.innerHTML = '<span class="lk-error">' + esc(point ? point.error : "no point here") + "</span>";
-          root.setAttribute("data-state", "error");
-          return;
-        }
-        plot.innerHTML = draw(point);
-        var E = data.epochs - 1, d = point.cum_steps[0][E], g = point.cum_steps[1][E];
-        readout.textContent = "updates: " + data.runs[0] + " " + d + ", " + data.runs[1] + " " + g + " (" +
-          (d / g).toFixed(2) + "\u00d7 fewer) \u00b7 final batch " + point.batch[1][E] +
-          " \u00b7 last epoch g " + fmt(point.g[0][E]) + " (both); exact " + fmt(point.g_exact[0][E]) +
-          " vs " + fmt(point.g_exact[1][E]);
-        root.setAttribute("data-state", "ok");
-      }
-
-      function draw(point) {
-        var W = 660, left = 56, right = 14, top = 22, ph = 210, gap = 48, sh = 130, n = data.epochs;
-        var H = top + ph + gap + sh + 34;
-        var x = function (e) { return left + (W - left - right) * e / n; };
-        var lo = Math.log10(data.gmin), hi = Math.log10(data.gmax);
-        var yg = function (v) {
-          return top + ph * (hi - Math.log10(Math.max(v, data.gmin))) / (hi - lo);
-        };
-        var s = ['<svg viewBox="0 0 ' + W + " " + H + '" role="img" aria-label="noise scale and updates">'];
-        for (var p = Math.ceil(lo); p <= Math.floor(hi); p++) {
-          var yy = yg(Math.pow(10, p)).toFixed(1);
-          s.push('<line class="lk-grid" x1="' + left + '" x2="' + (W - right) + '" y1="' + yy + '" y2="' + yy + '"/>');
-          s.push('<text x="' + (left - 6) + '" y="' + yy + '" dy="3.5" text-anchor="end">' +
-                 fmt(Math.pow(10, p)) + "</text>");
-        }
-        var t0 = top + ph + gap, axes = [[top, ph], [t0, sh]];
-        axes.forEach(function (a) {
-          s.push('<path class="lk-axis" d="M' + left + " " + a[0] + "V" + (a[0] + a[1]) + "H" + (W - right) + '"/>');
-          for (var e = 0; e <= n; e += Math.max(1, Math.round(n / 12))) {
-            s.push('<text x="' + x(e).toFixed(1) + '" y="' + (a[0] + a[1] + 14) + '" text-anchor="middle">' + e +
-                   "</text>");
-          }
-        });
-        s.push('<text x="' + (W - right) + '" y="' + (t0 + sh + 28) + '" text-anchor="end">epoch</text>');
-        s.push('<text x="14" y="' + (top + ph / 2) + '" text-anchor="middle" transform="rotate(-90 14 ' +
-               (top + ph / 2) + ')">noise scale g</text>');
-        s.push('<text x="14" y="' + (t0 + sh / 2) + '" text-anchor="middle" transform="rotate(-90 14 ' +
-               (t0 + sh / 2) + ')">updates so far</text>');
-        var legend = [["lk-decay", data.runs[0]], ["lk-grow", data.runs[1]], ["lk-exact", data.runs[1] + ", exact g"]];
-        legend.forEach(function (l, i) {
-          var lx = left + 10 + i * 170;
-          s.push('<line class="' + l[0] + '" x1="' + lx + '" x2="' + (lx + 26) + '" y1="10" y2="10"/>');
-          s.push('<text x="' + (lx + 32) + '" y="14">' + esc(l[1]) + "</text>");
-        });
-        if (point) {
-          var stairs = function (vals, cls) {
-            var d = "M" + x(0).toFixed(1) + " " + yg(vals[0]).toFixed(1);
-            vals.forEach(function (v, e) { d += "V" + yg(v).toFixed(1) + "H" + x(e + 1).toFixed(1); });
-            s.push('<path class="' + cls + '" d="' + d + '"/>');
-          };
-          stairs(point.g[0], "lk-decay");
-          stairs(point.g[1], "lk-grow");
-          stairs(point.g_exact[1], "lk-exact");
-          var smax = Math.max(point.cum_steps[0][n - 1], point.cum_steps[1][n - 1]);
-          var ys = function (v) { return t0 + sh * (1 - v / smax); };
-          [0, 1].forEach(function (r) {
-            var d = "M" + x(0).toFixed(1) + " " + ys(0).toFixed(1);
-            point.cum_steps[r].forEach(function (v, e) { d += "L" + x(e + 1).toFixed(1) + " " + ys(v).toFixed(1); });
-            s.push('<path class="' + (r ? "lk-grow" : "lk-decay") + '" d="' + d + '"/>');
-          });
-          s.push('<text x="' + (left - 6) + '" y="' + (t0 + 4) + '" text-anchor="end">' + smax + "</text>");
-          s.push('<text x="' + (left - 6) + '" y="' + (t0 + sh) + '" text-anchor="end">0</text>');
-        }
-        s.push("</svg>");
-        return s.join("");
-      }
-
-      update();
-    };
+  function update() {
+    var key = 0;
+    controls.forEach(function (c, i) {
+      ui.outputs[i].textContent = fmt(c.values[idx[i]]);
+      key += idx[i] * data.strides[i];
+    });
+    var point = data.points[key];
+    if (!point || point.error) {
+      plot.innerHTML = draw(null);
+      readout.innerHTML = '<span class="lk-error">' + esc(point ? point.error : "no point here") + "</span>";
+      root.setAttribute("data-state", "error");
+      return;
+    }
+    plot.innerHTML = draw(point);
+    var E = data.epochs - 1, d = point.cum_steps[0][E], g = point.cum_steps[1][E];
+    readout.textContent = "updates: " + data.runs[0] + " " + d + ", " + data.runs[1] + " " + g + " (" +
+      (d / g).toFixed(2) + "\u00d7 fewer) \u00b7 final batch " + point.batch[1][E] +
+      " \u00b7 last epoch g " + fmt(point.g[0][E]) + " (both); exact " + fmt(point.g_exact[0][E]) +
+      " vs " + fmt(point.g_exact[1][E]);
+    root.setAttribute("data-state", "ok");
   }
-  var root = document.getElementById("__PANEL_ID__");
-  window.labkitNoisePanel(root, JSON.parse(document.getElementById("__PANEL_ID__-data").textContent));
-})();
+
+  function draw(point) {
+    var W = 660, left = 56, right = 14, top = 22, ph = 210, gap = 48, sh = 130, n = data.epochs;
+    var H = top + ph + gap + sh + 34;
+    var x = function (e) { return left + (W - left - right) * e / n; };
+    var lo = Math.log10(data.gmin), hi = Math.log10(data.gmax);
+    var yg = function (v) {
+      return top + ph * (hi - Math.log10(Math.max(v, data.gmin))) / (hi - lo);
+    };
+    var s = ['<svg viewBox="0 0 ' + W + " " + H + '" role="img" aria-label="noise scale and updates">'];
+    for (var p = Math.ceil(lo); p <= Math.floor(hi); p++) {
+      var yy = yg(Math.pow(10, p)).toFixed(1);
+      s.push('<line class="lk-grid" x1="' + left + '" x2="' + (W - right) + '" y1="' + yy + '" y2="' + yy + '"/>');
+      s.push('<text x="' + (left - 6) + '" y="' + yy + '" dy="3.5" text-anchor="end">' +
+             fmt(Math.pow(10, p)) + "</text>");
+    }
+    var t0 = top + ph + gap, axes = [[top, ph], [t0, sh]];
+    axes.forEach(function (a) {
+      s.push('<path class="lk-axis" d="M' + left + " " + a[0] + "V" + (a[0] + a[1]) + "H" + (W - right) + '"/>');
+      for (var e = 0; e <= n; e += Math.max(1, Math.round(n / 12))) {
+        s.push('<text x="' + x(e).toFixed(1) + '" y="' + (a[0] + a[1] + 14) + '" text-anchor="middle">' + e +
+               "</text>");
+      }
+    });
+    s.push('<text x="' + (W - right) + '" y="' + (t0 + sh + 28) + '" text-anchor="end">epoch</text>');
+    s.push('<text x="14" y="' + (top + ph / 2) + '" text-anchor="middle" transform="rotate(-90 14 ' +
+           (top + ph / 2) + ')">noise scale g</text>');
+    s.push('<text x="14" y="' + (t0 + sh / 2) + '" text-anchor="middle" transform="rotate(-90 14 ' +
+           (t0 + sh / 2) + ')">updates so far</text>');
+    var legend = [["lk-decay", data.runs[0]], ["lk-grow", data.runs[1]], ["lk-exact", data.runs[1] + ", exact g"]];
+    legend.forEach(function (l, i) {
+      var lx = left + 10 + i * 170;
+      s.push('<line class="' + l[0] + '" x1="' + lx + '" x2="' + (lx + 26) + '" y1="10" y2="10"/>');
+      s.push('<text x="' + (lx + 32) + '" y="14">' + esc(l[1]) + "</text>");
+    });
+    if (point) {
+      var stairs = function (vals, cls) {
+        var d = "M" + x(0).toFixed(1) + " " + yg(vals[0]).toFixed(1);
+        vals.forEach(function (v, e) { d += "V" + yg(v).toFixed(1) + "H" + x(e + 1).toFixed(1); });
+        s.push('<path class="' + cls + '" d="' + d + '"/>');
+      };
+      stairs(point.g[0], "lk-decay");
+      stairs(point.g[1], "lk-grow");
+      stairs(point.g_exact[1], "lk-exact");
+      var smax = Math.max(point.cum_steps[0][n - 1], point.cum_steps[1][n - 1]);
+      var ys = function (v) { return t0 + sh * (1 - v / smax); };
+      [0, 1].forEach(function (r) {
+        var d = "M" + x(0).toFixed(1) + " " + ys(0).toFixed(1);
+        point.cum_steps[r].forEach(function (v, e) { d += "L" + x(e + 1).toFixed(1) + " " + ys(v).toFixed(1); });
+        s.push('<path class="' + (r ? "lk-grow" : "lk-decay") + '" d="' + d + '"/>');
+      });
+      s.push('<text x="' + (left - 6) + '" y="' + (t0 + 4) + '" text-anchor="end">' + smax + "</text>");
+      s.push('<text x="' + (left - 6) + '" y="' + (t0 + sh) + '" text-anchor="end">0</text>');
+    }
+    s.push("</svg>");
+    return s.join("");
+  }
+  return update;
+};
 """

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from labkit.checks import check_float, check_int
 from labkit.strategies import LR_RULES, Strategy, build, parameters, scaled_lr
+from labkit.widgets.base import Panel
 from labkit.widgets.grid import (MAX_POINTS, Control, check_signals, make_controls, precompute,
                                  strategy_defaults, strides, trajectory, values_at)
 from labkit.widgets.static import render_html
@@ -29,7 +30,7 @@ SIGNAL_LABELS = {
 }
 
 
-class TrajectoryPanel:
+class TrajectoryPanel(Panel):
     """A strategy, a grid of parameter values, and the trajectory at every grid point.
 
     Build it with ``trajectory_panel``; display it in Jupyter (live) or in the book (static HTML).
@@ -62,7 +63,6 @@ class TrajectoryPanel:
             raise ValueError(f"the panel's initial point {self.initial} is invalid: {self.errors[-1 - start]}; "
                              f"choose other options or pass initial={{...}}")
         self.title = title or self._default_title()
-        self._widget = None
 
     # -- reading the grid ---------------------------------------------------------------------------------
     @property
@@ -158,21 +158,10 @@ class TrajectoryPanel:
         """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
         return render_html(self.data())
 
-    def widget(self):
-        """The live ipywidgets view (built once, on first use)."""
-        if self._widget is None:
-            from labkit.widgets.live import build_widget
+    def _build_widget(self):
+        from labkit.widgets.live import build_widget
 
-            self._widget = build_widget(self)
-        return self._widget
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, Any]:
-        bundle = {"text/plain": repr(self), "text/html": self.to_html()}
-        if _kernel_running():
-            view = self.widget()._repr_mimebundle_()
-            if view:
-                bundle.update({k: v for k, v in view.items() if k != "text/plain"})
-        return bundle
+        return build_widget(self)
 
     def __repr__(self) -> str:
         sizes = " × ".join(f"{c.name}[{c.size}]" for c in self.controls) or "no controls"
@@ -231,12 +220,3 @@ def _control_data(c: Control) -> dict[str, Any]:
     return {"name": c.name, "label": c.label, "kind": c.kind, "values": values, "size": c.size,
             "init": c.init, "depends": c.depends, "when": list(c.when) if c.when else None}
 
-
-def _kernel_running() -> bool:
-    """True inside a Jupyter kernel (where a widget view can be live), False in plain Python or pytest."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
