@@ -1,6 +1,6 @@
 """Benchmark: what tracking the gradient noise scale costs a training run.
 
-    python -m bench.gns                                          # GPU: cnn on CIFAR-10, writes results/bench_gns.csv
+    python -m bench.gns                                          # GPU: cnn on CIFAR-10, writes runs/bench_gns.csv
     python -m bench.gns --quick --dataset digits --out /tmp/g.csv   # CPU smoke run in seconds
 
 Run from the repository root with the data where ``labkit.data`` finds it (``LABKIT_DATA``).
@@ -21,12 +21,13 @@ The data are the real dataset's (timing does not depend on the pixels).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 from bench.timing import fixed_fit, parse, ratio_row, timing_parser
 from labkit.gns import GNSTracker
-from labkit.runtime import REPO, save_table
+from labkit.runtime import save_table
 
 TARGET = 1.10       # time with the default tracker / time without
 
@@ -65,7 +66,7 @@ def bench(args) -> pd.DataFrame:
 
 def parse_args(argv=None):
     parser = timing_parser(__doc__, model="cnn", batch_sizes=[256, 512], epochs=4, repeats=2,
-                           out=REPO / "results" / "bench_gns.csv")
+                           out=Path("runs") / "bench_gns.csv")
     parser.add_argument("--every", type=int, nargs="+", help="reading intervals to time "
                         "(default: 10, 50, the tracker's default, 200)")
     args = parse(parser, sys.argv[1:] if argv is None else argv, quick_batch=128)

@@ -1,6 +1,6 @@
 """Benchmark: feeding a GPU from a DeviceBatcher vs a DataLoader, and a batch size that changes every step.
 
-    python -m bench.loader                              # GPU: cnn on CIFAR-10 shapes, writes results/bench_loader.csv
+    python -m bench.loader                              # GPU: cnn on CIFAR-10 shapes, writes runs/bench_loader.csv
     python -m bench.loader --quick --out /tmp/b.csv     # CPU smoke run in about a minute, tiny sizes
     python -m bench.loader --model mlp --dataset mnist --real-data
 
@@ -49,7 +49,7 @@ from torchvision.transforms import v2
 from labkit import data
 from labkit.batching import DeviceBatcher
 from labkit.models import MODELS, build_model
-from labkit.runtime import REPO, pick_device, save_table
+from labkit.runtime import pick_device, save_table
 
 SHAPES = {"cifar10": (50000, (3, 32, 32)), "mnist": (60000, (1, 28, 28))}  # training set: N, one sample
 
@@ -196,7 +196,7 @@ def parse_args(argv=None):
     parser.add_argument("--cudnn-benchmark", choices=("on", "off", "both"), default="both")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke run (also without CUDA)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_loader.csv")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench_loader.csv")
     args = parser.parse_args(argv)
     args.device = pick_device(args.device)
     if args.quick or args.device.type != "cuda":

@@ -1,6 +1,6 @@
 """Benchmark: one text classifier trained with four ways of batching messages of different lengths.
 
-    python -m bench.sequence                              # GPU: SMS spam, gru, 3 seeds x 8 epochs, results/bench_sequence.csv
+    python -m bench.sequence                              # GPU: SMS spam, gru, 3 seeds x 8 epochs, runs/bench_sequence.csv
     python -m bench.sequence --quick --out /tmp/seq.csv   # CPU smoke run, under a minute
 
 Run from the repository root with the data where ``labkit.data.data_root()`` finds them (``LABKIT_DATA``).
@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from labkit import text
 from labkit.buckets import BucketBatcher, RandomBatcher, TokenBatcher
 from labkit.models import build_model
-from labkit.runtime import REPO, pick_device, quick_mode, save_table
+from labkit.runtime import pick_device, quick_mode, save_table
 
 BATCHERS = ("global", "dynamic", "bucket", "tokens")
 
@@ -132,7 +132,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="2 epochs, one seed, 800 training and 500 test messages: a CPU smoke run "
                              "(also LABKIT_QUICK=1)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_sequence.csv")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench_sequence.csv")
     args = parser.parse_args(argv)
     args.device = pick_device(args.device)
     args.quick = args.quick or quick_mode()

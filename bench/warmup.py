@@ -1,6 +1,6 @@
 """Benchmark: where the first call at each batch size is slow, and whether a warm-up elsewhere helps.
 
-    python -m bench.warmup                                   # GPU: cnn on MNIST shapes → results/bench_warmup.csv
+    python -m bench.warmup                                   # GPU: cnn on MNIST shapes → runs/bench_warmup.csv
     python -m bench.warmup --device cpu --model mlp --calls 300 --out /tmp/w.csv   # CPU smoke run in seconds
 
 The served model (``labkit.serving.bench.make_model_fn``) is first run once at every batch size 1..64 in
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from labkit.runtime import REPO, pick_device, save_table
+from labkit.runtime import pick_device, save_table
 from labkit.serving.bench import SAMPLE_SHAPE, make_model_fn
 
 MAX_BATCH = 64
@@ -62,7 +62,7 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--slow-ms", type=float, default=4.0, help="a call above this counts as slow")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_warmup.csv")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench_warmup.csv")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     model_fn = make_model_fn(args.model, device)

@@ -137,7 +137,8 @@ def build_parser() -> Parser:
     serve.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
     serve.add_argument("--device", help="cuda | cpu (default: cuda when present)")
     serve.add_argument("--quick", action="store_true", help="short runs of an mlp, threads (as LABKIT_QUICK=1)")
-    serve.add_argument("--out", type=Path, default=Path("results") / "bench_serving.csv", help="CSV to write")
+    serve.add_argument("--out", type=Path, default=Path("runs") / "bench_serving.csv",
+                       help="CSV to write (default under runs/: never over a committed result)")
     return parser
 
 
