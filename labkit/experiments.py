@@ -11,12 +11,14 @@ run that stopped dead or diverged is counted in ``failed`` and left out of the m
 The honest-baseline protocol tunes before it compares (``tune``, ``labkit tune``): each run spec trains at
 every peak LR of a log-spaced grid on a validation split held out of the training set (the test split is not
 loaded into those runs), with the same schedule and epoch budget; ``chosen.json`` keeps the best LR per spec
-and ``sweep(..., lrs=chosen)`` trains the comparison with it.
+and ``sweep(..., lrs=chosen)`` trains the comparison with it. ``labkit.comparison`` reads the result:
+reach times and ratios, comparison tables, and which differences the seeds can tell apart.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -225,43 +227,23 @@ def chosen_lrs(table: pd.DataFrame) -> dict[str, float]:
     return {label: float(rows.lr.loc[rows.val_acc.idxmax()]) for label, rows in live.groupby("label")}
 
 
-def first_reach(histories: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per (run, seed) of a ``load_histories`` table: the first epoch whose ``test_acc`` reaches ``target``,
-    with ``wall_time_s``, ``steps`` and ``samples`` at the end of that epoch, and ``reached``. A run that
-    never reaches the target has ``reached`` False and nan in the other columns (not its whole-run values,
-    so a mean over seeds is a mean over the seeds that got there; count them with ``reached``)."""
+def provenance_counts(configs: list[str | Path]) -> pd.DataFrame:
+    """Where runs ran: device, torch, labkit commit and day of each ``config.json``, counted."""
     rows = []
-    for (run, seed), h in histories.groupby(["run", "seed"]):
-        hits = h.sort_values("epoch")
-        hits = hits[hits.test_acc >= target]
-        first = hits.iloc[0] if len(hits) else None
-        rows.append(dict(run=run, seed=seed, reached=first is not None,
-                         **{c: math.nan if first is None else first[c]
-                            for c in ("epoch", "wall_time_s", "steps", "samples")}))
-    return pd.DataFrame(rows, columns=["run", "seed", "reached", "epoch", "wall_time_s", "steps", "samples"])
+    for path in configs:
+        p = json.loads(Path(path).read_text())["provenance"]
+        rows.append({k: p[k] for k in ("device_name", "torch", "commit")} | {"day": p["date"][:10]})
+    return pd.DataFrame(rows).value_counts().rename("runs").reset_index()
 
 
-def reach_ratios(histories: pd.DataFrame, reference: str, target: float | None = None) -> pd.DataFrame:
-    """How fast each run gets where ``reference`` ends: per run, the time to first reach ``target`` (default:
-    the reference's mean final accuracy over its seeds) divided by the reference's mean total time,
-
-        ratio = mean over seeds of t(first epoch with test_acc ≥ target) / mean over seeds of t_reference
-
-    (the P4/P4b ratios of the lab; < 1: faster than the reference). ``reached`` counts the seeds that got
-    there; the mean time is over those seeds, and ``ratio`` is nan unless every seed reached the target.
-    Failed (dead or diverged) seeds are left out. Sorted by ratio, unreached runs last."""
-    dead = failed(histories)
-    live = histories[~histories.set_index(["run", "seed"]).index.map(lambda key: bool(dead.get(key, False)))]
-    ends = live.sort_values("epoch").groupby(["run", "seed"]).last()
-    if reference not in ends.index.get_level_values("run"):
-        raise ValueError(f"reference={reference!r} is not a run of these histories: expected one of "
-                         f"{', '.join(sorted(set(ends.index.get_level_values('run'))))}")
-    target = float(ends.loc[reference].test_acc.mean()) if target is None else target
-    reference_time = float(ends.loc[reference].wall_time_s.mean())
-    reach = first_reach(live, target)
-    rows = []
-    for run, r in reach.groupby("run"):
-        rows.append(dict(run=run, target=target, seeds=len(r), reached=int(r.reached.sum()),
-                         time_s=r.wall_time_s.mean(), reference_time_s=reference_time,
-                         ratio=r.wall_time_s.mean() / reference_time if r.reached.all() else math.nan))
-    return pd.DataFrame(rows).sort_values(["ratio", "reached"], ascending=[True, False], ignore_index=True)
+def portable_command(command: str) -> str:
+    """A recorded command without the machine's directories: '/root/out/results/x.csv' → 'results/x.csv',
+    'python3 /work/main/bench/sequence.py' → 'python3 bench/sequence.py' (any absolute path is cut back to
+    its first part named results, bench, labkit or notebooks; other absolute paths to their file name)."""
+    def cut(match: re.Match) -> str:
+        parts = match.group(0).split("/")
+        for i, part in enumerate(parts):
+            if part in ("results", "bench", "labkit", "notebooks"):
+                return "/".join(parts[i:])
+        return parts[-1]
+    return re.sub(r"(?<![\w.])/[^\s'\"]+", cut, command)

@@ -1,9 +1,9 @@
-"""labkit.experiments.first_reach, against a small table worked out by hand."""
+"""labkit.comparison.first_reach, against a small table worked out by hand."""
 import math
 
 import pandas as pd
 
-from labkit.experiments import first_reach
+from labkit.comparison import first_reach
 
 
 def histories() -> pd.DataFrame:

@@ -10,7 +10,8 @@ import torch
 from labkit import train as train_module
 from labkit.cli import main
 from labkit.data import load
-from labkit.experiments import chosen_lrs, log_grid, reach_ratios, summary, sweep, tune
+from labkit.comparison import reach_ratios
+from labkit.experiments import chosen_lrs, log_grid, summary, sweep, tune
 from labkit.lr_schedules import lr_factor
 from labkit.train import DeadRun, TrainConfig, fit
 

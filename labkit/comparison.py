@@ -1,0 +1,234 @@
+"""Comparing runs from their histories: who gets where first, how fast relative to a reference, and which
+differences three seeds can tell apart.
+
+    >>> from labkit.experiments import load_histories
+    >>> from labkit import comparison as cmp
+    >>> h = load_histories("results/baselines/cifar10-jpeg-resnet")
+    >>> cmp.reach_ratios(h, "fixed-b_init=256")          # P4-style ratios: time to its accuracy / its time
+    >>> cmp.comparison_table(h, targets=[0.87, 0.88])    # mean ± std per run, short labels
+
+The noise rule of the chapters (``separable``): two runs are told apart on a metric only when their means
+differ by more than the larger of their standard deviations over seeds; otherwise "cannot separate".
+Dead or diverged seeds (``labkit.experiments.failed``) are left out of every mean and counted.
+Chapters: Results, Conclusions.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from labkit.experiments import chosen_lrs, failed
+
+
+def first_reach(histories: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Per (run, seed) of a ``load_histories`` table: the first epoch whose ``test_acc`` reaches ``target``,
+    with ``wall_time_s``, ``steps`` and ``samples`` at the end of that epoch, and ``reached``. A run that
+    never reaches the target has ``reached`` False and nan in the other columns (not its whole-run values,
+    so a mean over seeds is a mean over the seeds that got there; count them with ``reached``)."""
+    rows = []
+    for (run, seed), h in histories.groupby(["run", "seed"]):
+        hits = h.sort_values("epoch")
+        hits = hits[hits.test_acc >= target]
+        first = hits.iloc[0] if len(hits) else None
+        rows.append(dict(run=run, seed=seed, reached=first is not None,
+                         **{c: math.nan if first is None else first[c]
+                            for c in ("epoch", "wall_time_s", "steps", "samples")}))
+    return pd.DataFrame(rows, columns=["run", "seed", "reached", "epoch", "wall_time_s", "steps", "samples"])
+
+
+def reach_ratios(histories: pd.DataFrame, reference: str, target: float | None = None) -> pd.DataFrame:
+    """How fast each run gets where ``reference`` ends: per run, the time to first reach ``target`` (default:
+    the reference's mean final accuracy over its seeds) divided by the reference's mean total time,
+
+        ratio = mean over seeds of t(first epoch with test_acc ≥ target) / mean over seeds of t_reference
+
+    (the P4/P4b ratios of the lab; < 1: faster than the reference). ``reached`` counts the seeds that got
+    there; the mean time is over those seeds, and ``ratio`` is nan unless every seed reached the target.
+    Failed (dead or diverged) seeds are left out. Sorted by ratio, unreached runs last."""
+    dead = failed(histories)
+    live = histories[~histories.set_index(["run", "seed"]).index.map(lambda key: bool(dead.get(key, False)))]
+    ends = live.sort_values("epoch").groupby(["run", "seed"]).last()
+    if reference not in ends.index.get_level_values("run"):
+        raise ValueError(f"reference={reference!r} is not a run of these histories: expected one of "
+                         f"{', '.join(sorted(set(ends.index.get_level_values('run'))))}")
+    target = float(ends.loc[reference].test_acc.mean()) if target is None else target
+    reference_time = float(ends.loc[reference].wall_time_s.mean())
+    reach = first_reach(live, target)
+    rows = []
+    for run, r in reach.groupby("run"):
+        rows.append(dict(run=run, target=target, seeds=len(r), reached=int(r.reached.sum()),
+                         time_s=r.wall_time_s.mean(), reference_time_s=reference_time,
+                         ratio=r.wall_time_s.mean() / reference_time if r.reached.all() else math.nan))
+    return pd.DataFrame(rows).sort_values(["ratio", "reached"], ascending=[True, False], ignore_index=True)
+
+
+# --- Reading a comparison: short labels, the table, the noise rule (chapters: Results, Conclusions) ---
+
+SHORT_LABELS = {
+    "fixed": "fixed {b_init}",
+    "linear": "linear {b_init}+{a}→{max_batch}",
+    "exponential": "exponential {b_init}×{a}→{max_batch}",
+    "progressive": "progressive {b_init}→{target}",
+    "cyclical": "cyclical {b_init}–{max_batch}",
+    "gns": "gns {b_init}→≤{max_batch}",
+    "confidence": "confidence {b_init}→≤{max_batch}",
+    "epoch": "epoch milestones",
+}
+
+
+def short_label(run: str) -> str:
+    """A run's folder label → a label short enough for a table: 'fixed-b_init=64' → 'fixed 64',
+    'linear-b_init=64-a=64-max_batch=1024' → 'linear 64+64→1024', 'loss-b_init=64-delta=ema-alpha=0.3-…'
+    → 'loss/ema α=0.3'. A label it cannot read (a custom ``LABEL=`` of ``parse_run``) is returned as is."""
+    name, *items = run.split("-")
+    params = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            if not params:
+                return run
+            last = list(params)[-1]          # a value with a dash in it: 'lr=1e-3' split apart
+            params[last] += "-" + item
+            continue
+        params[key] = value
+    if name == "loss" and "delta" in params:
+        extra = {"alpha": " α={}", "window": " w={}"}
+        return f"loss/{params['delta']}" + "".join(f.format(params[k]) for k, f in extra.items() if k in params)
+    try:
+        return SHORT_LABELS[name].format(**params)
+    except KeyError:
+        return run
+
+
+def comparison_table(histories: pd.DataFrame, targets: list[float] = ()) -> pd.DataFrame:
+    """Per run of a ``load_histories`` table, over its live seeds (dead or diverged ones are counted in
+    ``failed`` and left out): ``acc``/``acc ±`` final test accuracy mean and std, ``time s``/``time ±``
+    training time, ``energy kJ`` (nan when not measured), ``updates`` (optimizer steps) and ``final B``
+    (means); for each target t, ``to t s``/``to t ±`` the mean and std of the time to first reach t over
+    the seeds that reached it and ``reached t`` how many did. Index: the run's folder label, sorted by ``acc``, best first."""
+    dead = failed(histories)
+    ends = histories.sort_values("epoch").groupby(["run", "seed"]).last()
+    ends["failed"] = dead.reindex(ends.index, fill_value=False)
+    live = ends[~ends.failed]
+    by_run = live.groupby("run")
+    energy = live.energy_j if "energy_j" in live else pd.Series(math.nan, index=live.index)
+    table = pd.DataFrame({
+        "seeds": by_run.size(), "failed": ends.groupby("run").failed.sum().astype(int),
+        "acc": by_run.test_acc.mean(), "acc ±": by_run.test_acc.std(),
+        "time s": by_run.wall_time_s.mean(), "time ±": by_run.wall_time_s.std(),
+        "energy kJ": energy.groupby("run").mean() / 1000, "updates": by_run.steps.mean(),
+        "final B": by_run.batch_size.mean()})
+    table["seeds"] = table.seeds.fillna(0).astype(int)
+    live_keys = set(live.index)
+    live_rows = histories[[key in live_keys for key in zip(histories.run, histories.seed)]]
+    for target in targets:
+        reach = first_reach(live_rows, target).groupby("run")
+        table[f"to {target:g} s"] = reach.wall_time_s.mean()
+        table[f"to {target:g} ±"] = reach.wall_time_s.std()
+        table[f"reached {target:g}"] = reach.reached.sum().reindex(table.index, fill_value=0).astype(int)
+    table.index.name = "run"
+    return table.sort_values("acc", ascending=False, na_position="last")
+
+
+def separable(a: list[float], b: list[float]) -> str:
+    """The noise rule of the chapters, for two lists of per-seed scores: 'a' or 'b' (the higher mean), or
+    'cannot separate' when |mean(a) − mean(b)| < the larger of the two sample stds (n − 1). Fewer than two
+    scores on either side give no std: 'cannot separate'."""
+    a, b = pd.Series(a, dtype=float), pd.Series(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return "cannot separate"
+    gap = a.mean() - b.mean()
+    if abs(gap) < max(a.std(), b.std()):
+        return "cannot separate"
+    return "a" if gap > 0 else "b"
+
+
+def gap_in_std(table: pd.DataFrame, a: str, b: str, mean: str, std: str) -> tuple[float, float]:
+    """(mean of row a − mean of row b, that gap in units of the larger of the two rows' stds)."""
+    gap = table.at[a, mean] - table.at[b, mean]
+    return gap, gap / max(table.at[a, std], table.at[b, std])
+
+
+def leaders(table: pd.DataFrame, mean: str, std: str, higher: bool = True) -> tuple[str, list[str]]:
+    """The best row by ``mean`` and the rows within noise of it (a gap below the larger of the two stds)."""
+    order = table[mean].dropna().sort_values(ascending=not higher)
+    best = order.index[0]
+    tied = [run for run in order.index[1:]
+            if abs(order[run] - order[best]) < max(table.at[best, std], table.at[run, std])]
+    return best, tied
+
+
+def with_ties(best: str, tied: list[str]) -> str:
+    """'best (tied within noise: x, y)' or 'best (ahead by more than the seed std)'."""
+    return best + (f" (tied within noise: {', '.join(tied)})" if tied else " (ahead by more than the seed std)")
+
+
+def separations(histories: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of runs, by final test accuracy over their live seeds: run a, run b, the gap of the means
+    and ``separable``'s verdict ('a', 'b' or 'cannot separate')."""
+    dead = failed(histories)
+    ends = histories.sort_values("epoch").groupby(["run", "seed"]).test_acc.last()
+    ends = ends[~dead.reindex(ends.index, fill_value=False)]
+    runs = list(dict.fromkeys(ends.index.get_level_values("run")))
+    rows = [dict(a=a, b=b, gap=ends[a].mean() - ends[b].mean(), verdict=separable(ends[a], ends[b]))
+            for i, a in enumerate(runs) for b in runs[i + 1:]]
+    return pd.DataFrame(rows, columns=["a", "b", "gap", "verdict"])
+
+
+def against(pairs: pd.DataFrame, run: str) -> pd.Series:
+    """From a ``separations`` table: every other run's standing against ``run`` on final accuracy,
+    'above', 'below' or 'cannot separate'."""
+    standing = {}
+    for pair in pairs.itertuples():
+        if run not in (pair.a, pair.b):
+            continue
+        other = pair.b if pair.a == run else pair.a
+        winner = {"a": pair.a, "b": pair.b}.get(pair.verdict)
+        standing[other] = pair.verdict if winner is None else "above" if winner == other else "below"
+    return pd.Series(standing, name=run, dtype=object)
+
+
+def reach_verdict(histories: pd.DataFrame, reference: str, goal: float, name: str = "ratio") -> str:
+    """One line on ``reach_ratios`` against ``reference``: the best non-fixed run's ratio and whether it
+    meets ``goal`` (ratio ≤ goal), or 'not reached' with how many of its seeds got there."""
+    ratios = reach_ratios(histories, reference)
+    adaptive = ratios[~ratios.run.str.startswith("fixed")]
+    head = f"{name} vs {short_label(reference)} (target {ratios.target.iloc[0]:.4f})"
+    done = adaptive.dropna(subset=["ratio"])
+    if len(done):
+        best = done.iloc[0]
+        verdict = "met" if best.ratio <= goal else "missed"
+        return f"{head}: {short_label(best.run)} at {best.ratio:.2f} ({verdict}, goal ≤ {goal:g})"
+    seeds = f"{int(adaptive.reached.sum())} of {int(adaptive.seeds.sum())} adaptive seeds"
+    return f"{head}: not reached, {seeds} (goal ≤ {goal:g})"
+
+
+def tuning_grid(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A ``tune_table`` (or ``tune.csv``) as one row per label and one column per peak LR: the final
+    validation accuracy, '*' on the chosen LR (``chosen_lrs``), 'failed' for a dead or diverged trial, ''
+    where the LR was not tried; ``edge`` says 'low'/'high' when the chosen LR is the smallest/largest
+    tried (a wider grid could do better), 'below failed' when the next LR up failed."""
+    chosen = chosen_lrs(table)
+    lrs = sorted(table.lr.unique())
+    rows = {}
+    for label, trials in table.groupby("label"):
+        trials = trials.set_index("lr")
+        row = {f"{lr:g}": "" for lr in lrs}
+        for lr, t in trials.iterrows():
+            mark = "*" if chosen.get(label) == lr else ""
+            row[f"{lr:g}"] = "failed" if t.failed else f"{t.val_acc:.{digits}f}{mark}"
+        best, tried = chosen.get(label), sorted(trials.index)
+        above = [lr for lr in tried if best is not None and lr > best]
+        row["edge"] = ("" if best is None else "low" if best == tried[0] else "high" if best == tried[-1]
+                       else "below failed" if bool(trials.loc[above[0], "failed"]) else "")
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run")
+
+
+def epoch_means(histories: pd.DataFrame, run: str, columns: list[str]) -> pd.DataFrame:
+    """Per epoch of one run of a ``load_histories`` table: the mean over its seeds of ``columns``."""
+    rows = histories[histories.run == run]
+    if rows.empty:
+        raise ValueError(f"run={run!r} is not in these histories: expected one of {sorted(histories.run.unique())}")
+    return rows.groupby("epoch")[columns].mean()

@@ -1,0 +1,152 @@
+"""labkit.comparison's table helpers (short_label, comparison_table, separable, separations, against,
+leaders, reach_verdict, tuning_grid, epoch_means, portable_command), against small tables worked out by
+hand."""
+import math
+
+import pandas as pd
+import pytest
+
+from labkit.comparison import (against, comparison_table, epoch_means, gap_in_std, leaders, reach_verdict,
+                               separable, separations, short_label, tuning_grid)
+from labkit.experiments import portable_command
+
+
+@pytest.mark.parametrize("run, short", [
+    ("fixed-b_init=64", "fixed 64"),
+    ("linear-b_init=64-a=64-max_batch=1024", "linear 64+64→1024"),
+    ("progressive-b_init=64-target=1024-warmup=8", "progressive 64→1024"),
+    ("loss-b_init=64-delta=ema-alpha=0.3-max_batch=1024", "loss/ema α=0.3"),
+    ("loss-b_init=64-delta=variance-window=3-tolerance=0.05-max_batch=2048", "loss/variance w=3"),
+    ("loss-b_init=64-delta=diff-max_batch=2048", "loss/diff"),
+    ("gns-b_init=64-max_batch=1024", "gns 64→≤1024"),
+    ("exponential-b_init=64-a=1.2-max_batch=1024", "exponential 64×1.2→1024"),
+    ("epoch-b_init=64", "epoch milestones"),
+    ("big", "big"),                                   # a custom label: kept
+    ("linear-b_init=64", "linear-b_init=64"),         # a parameter missing: kept
+])
+def test_short_label(run, short):
+    assert short_label(run) == short
+
+
+def histories() -> pd.DataFrame:
+    """Run 'fixed-b_init=8' (2 seeds) and 'linear-b_init=8-a=8-max_batch=32' (3 seeds, seed 2 dead), 3 epochs
+    of 10 s (linear: 5 s) each; energy 100 J per epoch; steps 10 per epoch (linear: 4)."""
+    acc = {("fixed-b_init=8", 0): [0.5, 0.8, 0.9], ("fixed-b_init=8", 1): [0.6, 0.7, 0.8],
+           ("linear-b_init=8-a=8-max_batch=32", 0): [0.7, 0.85, 0.88],
+           ("linear-b_init=8-a=8-max_batch=32", 1): [0.6, 0.75, 0.84],
+           ("linear-b_init=8-a=8-max_batch=32", 2): [0.1, 0.1, 0.1]}
+    rows = []
+    for (run, seed), accs in acc.items():
+        fast = run.startswith("linear")
+        for e, a in enumerate(accs, start=1):
+            dead = seed == 2 and e == 3
+            rows.append(dict(run=run, seed=seed, epoch=e, test_acc=a, wall_time_s=(5.0 if fast else 10.0) * e,
+                             steps=(4 if fast else 10) * e, samples=32 * e, energy_j=100.0 * e, batch_size=8 * e if fast else 8,
+                             reason="stopped: dead" if dead else "rule"))
+    return pd.DataFrame(rows)
+
+
+def test_comparison_table_by_hand():
+    table = comparison_table(histories(), targets=[0.8, 0.85])
+    fixed, linear = table.loc["fixed-b_init=8"], table.loc["linear-b_init=8-a=8-max_batch=32"]
+    assert list(table.index) == ["linear-b_init=8-a=8-max_batch=32", "fixed-b_init=8"]   # 0.86 > 0.85
+    assert (fixed.seeds, fixed.failed, linear.seeds, linear.failed) == (2, 0, 2, 1)   # the dead seed: out
+    assert fixed.acc == pytest.approx(0.85) and fixed["acc ±"] == pytest.approx(math.sqrt(0.005))
+    assert linear.acc == pytest.approx(0.86) and linear["acc ±"] == pytest.approx(math.sqrt(0.0008))
+    assert (fixed["time s"], linear["time s"], fixed["time ±"]) == (30.0, 15.0, 0.0)
+    assert (fixed["energy kJ"], fixed.updates, linear.updates, linear["final B"]) == (0.3, 30, 12, 24)
+    # 0.8: fixed seed 0 at epoch 2 (20 s), seed 1 at epoch 3 (30 s); linear seeds 0 and 1 at epoch 2 and 3
+    assert (fixed["to 0.8 s"], fixed["reached 0.8"]) == (25.0, 2)
+    assert fixed["to 0.8 ±"] == pytest.approx(math.sqrt(50)) and math.isnan(fixed["to 0.85 ±"])
+    assert (linear["to 0.8 s"], linear["reached 0.8"]) == (12.5, 2)
+    # 0.85: fixed seed 0 only (30 s); linear seed 0 only (10 s); the other seeds do not count in the mean
+    assert (fixed["to 0.85 s"], fixed["reached 0.85"], linear["to 0.85 s"]) == (30.0, 1, 10.0)
+
+
+def test_comparison_table_without_energy_and_a_target_nobody_reaches():
+    table = comparison_table(histories().drop(columns="energy_j"), targets=[0.95])
+    assert table["energy kJ"].isna().all()
+    assert (table["reached 0.95"] == 0).all() and table["to 0.95 s"].isna().all()
+
+
+@pytest.mark.parametrize("a, b, verdict", [
+    ([0.90, 0.91, 0.92], [0.80, 0.81, 0.82], "a"),        # gap 0.1, stds 0.01
+    ([0.80, 0.81, 0.82], [0.90, 0.91, 0.92], "b"),
+    ([0.90, 0.91, 0.92], [0.895, 0.905, 0.915], "cannot separate"),   # gap 0.005 < 0.01
+    ([0.90, 0.92, 0.94], [0.88, 0.89, 0.90], "a"),        # gap 0.03 > std 0.02
+    ([0.90, 0.92, 0.94], [0.905, 0.91, 0.915], "cannot separate"),   # gap 0.01 < std 0.02 (of a)
+    ([0.9], [0.1, 0.2], "cannot separate"),               # one seed: no std
+])
+def test_separable(a, b, verdict):
+    assert separable(a, b) == verdict
+
+
+def test_separations_leave_failed_seeds_out():
+    pairs = separations(histories())
+    assert len(pairs) == 1
+    pair = pairs.iloc[0]
+    # fixed [0.9, 0.8] vs linear [0.88, 0.84] (the dead seed's 0.1 left out): gap -0.01 < std 0.0707
+    assert pair.gap == pytest.approx(-0.01) and pair.verdict == "cannot separate"
+
+
+def test_leaders_and_gap_in_std():
+    table = pd.DataFrame({"acc": [0.9, 0.89, 0.8], "acc ±": [0.005, 0.02, 0.001]}, index=["x", "y", "z"])
+    assert leaders(table, "acc", "acc ±") == ("x", ["y"])   # 0.01 < 0.02; 0.1 > 0.005
+    assert leaders(table, "acc", "acc ±", higher=False) == ("z", [])
+    gap, units = gap_in_std(table, "x", "z", "acc", "acc ±")
+    assert gap == pytest.approx(0.1) and units == pytest.approx(20.0)
+
+
+def test_reach_verdict():
+    h = histories()
+    # fixed 8 ends at 0.85 on average in 30 s; linear seeds 0 and 1 reach 0.85 at 10 s and never (0.84)
+    assert reach_verdict(h, "fixed-b_init=8", goal=0.2, name="P4") == (
+        "P4 vs fixed 8 (target 0.8500): not reached, 1 of 2 adaptive seeds (goal ≤ 0.2)")
+    # at 0.8 both live linear seeds get there: (10 + 15) / 2 / 30 = 0.4167
+    h.loc[h.run == "fixed-b_init=8", "test_acc"] -= 0.05
+    line = reach_verdict(h, "fixed-b_init=8", goal=0.5)
+    assert line == "ratio vs fixed 8 (target 0.8000): linear 8+8→32 at 0.42 (met, goal ≤ 0.5)"
+    assert "missed" in reach_verdict(h, "fixed-b_init=8", goal=0.4)
+
+
+def test_tuning_grid():
+    table = pd.DataFrame([
+        ("fixed-b_init=8", 0.1, 0.80, False), ("fixed-b_init=8", 0.2, 0.85, False),
+        ("fixed-b_init=8", 0.4, 0.10, True),
+        ("fixed-b_init=32", 0.2, 0.70, False), ("fixed-b_init=32", 0.4, 0.75, False),
+        ("fixed-b_init=32", 0.8, 0.78, False),
+        ("linear-b_init=8-a=8-max_batch=32", 0.1, 0.90, False), ("linear-b_init=8-a=8-max_batch=32", 0.2, 0.88, False),
+    ], columns=["label", "lr", "val_acc", "failed"])
+    grid = tuning_grid(table)
+    assert list(grid.columns) == ["0.1", "0.2", "0.4", "0.8", "edge"]
+    assert grid.loc["fixed-b_init=8"].tolist() == ["0.800", "0.850*", "failed", "", "below failed"]
+    assert grid.loc["fixed-b_init=32"].tolist() == ["", "0.700", "0.750", "0.780*", "high"]
+    assert grid.loc["linear-b_init=8-a=8-max_batch=32"].tolist() == ["0.900*", "0.880", "", "", "low"]
+
+
+def test_epoch_means():
+    means = epoch_means(histories(), "linear-b_init=8-a=8-max_batch=32", ["test_acc", "batch_size"])
+    # epoch 3 over all three seeds (epoch_means does not judge failures): (0.88 + 0.84 + 0.1) / 3
+    assert means.test_acc.tolist() == pytest.approx([0.7 / 3 * 2, 1.7 / 3, 1.82 / 3])
+    assert means.batch_size.tolist() == [8, 16, 24]
+    with pytest.raises(ValueError, match="not in these histories"):
+        epoch_means(histories(), "fixed-b_init=1", ["test_acc"])
+
+
+def test_against():
+    pairs = pd.DataFrame([("x", "y", 0.1, "a"), ("x", "z", -0.1, "b"), ("y", "z", 0.0, "cannot separate"),
+                          ("w", "x", 0.0, "cannot separate")], columns=["a", "b", "gap", "verdict"])
+    assert against(pairs, "x").to_dict() == {"y": "below", "z": "above", "w": "cannot separate"}
+    assert against(pairs, "z").to_dict() == {"x": "below", "y": "cannot separate"}
+
+
+@pytest.mark.parametrize("command, portable", [
+    ("python3 /work/main/bench/sequence.py --out results/bench_sequence.csv",
+     "python3 bench/sequence.py --out results/bench_sequence.csv"),
+    ("python3 -m labkit serve-bench --load 0.5 2 --out /root/out/results/bench_serving.csv",
+     "python3 -m labkit serve-bench --load 0.5 2 --out results/bench_serving.csv"),
+    ("labkit tune --out /tmp/x/y/tune.csv --lrs 0.1", "labkit tune --out tune.csv --lrs 0.1"),
+    ("labkit sweep --runs fixed:b_init=64 --out runs/a", "labkit sweep --runs fixed:b_init=64 --out runs/a"),
+])
+def test_portable_command(command, portable):
+    assert portable_command(command) == portable
