@@ -292,8 +292,12 @@ def test_batcher_feeds_its_controller():
     futures = [batcher.submit(row) for row in samples(32)]
     with batcher:
         [f.result(timeout=5) for f in futures]
-    # every request waits ≥ 20 ms for a batch of sleep(0.02): far above the 1 ms target, so the window halves
-    assert controller.steps == 4 and controller.window_ms == pytest.approx(0.05)
+    # every request waits ≥ 20 ms for a batch of sleep(0.02), far above the 1 ms target, but every batch closed
+    # full: the queue, not the window, made them late, so the window holds; its floor (one batch, 20 ms) is
+    # capped at max_ms = target
+    assert controller.steps == 4 and controller.window_ms == pytest.approx(1.0)
+    assert all(d.reason.startswith("hold (overloaded)") and d.full_share == 1 for d in controller.history)
+    assert all(d.floor_ms == pytest.approx(1.0) for d in controller.history)
     assert batcher.window_ms == controller.window_ms
 
 
@@ -329,7 +333,8 @@ def test_run_load_serves_every_request_and_batches_them():
     assert sum(sizes(batcher)) == 300 and result.batches == len(batcher.batches)
     assert result.mean_batch > 3  # ≈ 2000/s · 20 ms = 40 per window on an idle machine
     assert 0 < result.p50_ms <= result.p99_ms and result.throughput > 0
-    assert set(result.row()) == {"rate", "requests", "errors", "throughput", "p50_ms", "p99_ms", "mean_batch",
+    assert result.refused == 0  # no max_queue: nothing is refused
+    assert set(result.row()) == {"rate", "requests", "errors", "refused", "throughput", "p50_ms", "p99_ms", "mean_batch",
                                  "batches", "max_lag_ms", "p99_lag_ms", "p99_wait_ms", "p99_compute_ms",
                                  "generator"}
     assert result.generator == "threads" and 0 <= result.p99_lag_ms <= result.max_lag_ms

@@ -6,8 +6,10 @@ each request at its scheduled time whether or not earlier ones have been answere
 independent users), so a server slower than λ builds a queue instead of slowing its clients down. With C
 clients, client c submits requests c, c + C, c + 2C, …: together they still follow the one Poisson schedule.
 
-Latency is measured from ``submit`` to the moment the result is set; throughput = requests / (last result −
-start). Two generators:
+Latency is measured from ``submit`` to the moment the result is set; throughput = served requests / (last
+result − start). A batcher with ``max_queue`` refuses requests beyond it at once (``Overloaded``): they are
+counted in ``refused`` (and in ``errors``) and left out of the percentiles and the throughput, which
+describe the requests that were served. Two generators:
 
 * ``"threads"``: the clients are threads of the server's process. They share its GIL, so a client may
   submit late, and while a client runs Python the worker waits for the GIL (up to the interpreter's switch
@@ -47,7 +49,7 @@ import numpy as np
 import torch
 
 from labkit.checks import check_float, check_int
-from labkit.serving.batcher import TimeWindowBatcher
+from labkit.serving.batcher import Overloaded, TimeWindowBatcher
 
 START_DELAY_S = 0.01  # the schedule starts this long after the clients are ready
 GENERATORS = ("threads", "process")
@@ -73,12 +75,14 @@ def poisson_arrivals(rate: float, *, count: int | None = None, duration_s: float
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What one ``run_load`` measured. Latencies (submit → result) in ms; ``latencies_ms`` has one per request."""
+    """What one ``run_load`` measured. Latencies (submit → result) in ms; ``latencies_ms`` has one per request
+    (a refused request's is the moment it took to refuse it); the percentiles are over served requests."""
     rate: float            # offered, requests/s
     requests: int
-    errors: int            # requests whose future raised
-    throughput: float      # answered requests/s
-    p50_ms: float
+    errors: int            # requests whose future raised, refused ones included
+    refused: int           # requests refused by a full queue (Overloaded): never queued
+    throughput: float      # served (not refused) requests/s
+    p50_ms: float          # of the served requests
     p99_ms: float
     mean_batch: float      # requests per model call during the run
     batches: int
@@ -137,10 +141,14 @@ def run_load(batcher: TimeWindowBatcher, inputs: torch.Tensor, rate: float, *, d
     latencies, lags = (finished - submitted) * 1e3, (submitted - start - arrivals) * 1e3
     records = batcher.batches[first_batch:]
     sizes = [record.size for record in records]
-    errors = sum(future.cancelled() or future.exception() is not None for future in futures)
-    return LoadResult(rate=float(rate), requests=n, errors=errors,
-                      throughput=float(n / (finished.max() - start)), p50_ms=float(np.percentile(latencies, 50)),
-                      p99_ms=float(np.percentile(latencies, 99)), mean_batch=sum(sizes) / max(len(sizes), 1),
+    failures = [future.exception() if not future.cancelled() else True for future in futures]
+    served = np.array([not isinstance(error, Overloaded) for error in failures])
+    kept = latencies[served] if served.any() else np.array([np.nan])
+    return LoadResult(rate=float(rate), requests=n, errors=sum(error is not None for error in failures),
+                      refused=int(n - served.sum()),
+                      throughput=float(served.sum() / (finished[served].max() - start)) if served.any() else 0.0,
+                      p50_ms=float(np.percentile(kept, 50)), p99_ms=float(np.percentile(kept, 99)),
+                      mean_batch=sum(sizes) / max(len(sizes), 1),
                       batches=len(sizes), max_lag_ms=float(lags.max()), p99_lag_ms=float(np.percentile(lags, 99)),
                       p99_wait_ms=_p99([record.wait_ms for record in records]),
                       p99_compute_ms=_p99([record.compute_ms for record in records]),
