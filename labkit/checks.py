@@ -8,6 +8,8 @@ from typing import Any, Iterable
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
     """An integer (bool is refused) within [low, high]."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}={value!r} must be an integer, not a string")
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -23,6 +25,8 @@ def check_float(name: str, value: Any, *, low: float | None = None, high: float 
     """A finite real number within the given (open or closed) interval."""
     if isinstance(value, bool):
         raise TypeError(f"{name}={value!r} must be a number, not a bool")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}={value!r} must be a number, not a string")
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -56,7 +56,11 @@ def build_parser() -> Parser:
     from labkit.serving.load import GENERATORS
     from labkit.strategies import LR_RULES, STRATEGIES
 
-    parser = Parser(prog="labkit", description="Adaptive batch sizes: train, compare, measure.")
+    parser = Parser(prog="labkit", description="Adaptive batch sizes: train, compare, measure.",
+                    epilog="A bad argument ends a command with one line and exit code 2; a run that stops "
+                           "(diverged, out of memory, a broken checkpoint, a failed write) with one line and "
+                           "exit code 1.")
+    parser.add_argument("--debug", action="store_true", help="show an error's traceback instead of one line")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = commands.add_parser("train", help="train one model with one batch-size strategy",
                                 description="Train a model with a batch-size strategy; writes history.csv, "
@@ -110,7 +114,7 @@ def build_parser() -> Parser:
                                                                       "memory (default: none on CUDA, 1 on CPU, "
                                                                       "0.25 quick)")
     find.add_argument("--seed", type=int, default=0)
-    find.add_argument("--device", help="cuda | cpu (default: cuda when present)")
+    find.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: cuda when present)")
     find.add_argument("--quick", action="store_true", help="small data subset and budgets (as LABKIT_QUICK=1)")
     find.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
     find.add_argument("--out", type=Path, help="folder for recommendation.json, evidence.csv, finder.png")
@@ -135,7 +139,7 @@ def build_parser() -> Parser:
                                                                 "(default: Python's, 5 ms)")
     serve.add_argument("--burst", type=int, help="requests in the capacity measurement (default 2000; quick 500)")
     serve.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
-    serve.add_argument("--device", help="cuda | cpu (default: cuda when present)")
+    serve.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: cuda when present)")
     serve.add_argument("--quick", action="store_true", help="short runs of an mlp, threads (as LABKIT_QUICK=1)")
     serve.add_argument("--out", type=Path, default=Path("runs") / "bench_serving.csv",
                        help="CSV to write (default under runs/: never over a committed result)")
@@ -175,7 +179,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curriculum-c0", type=float, default=0.25, help="share of the data in the first epoch")
     parser.add_argument("--curriculum-epochs", type=int, default=5, help="epoch from which all data is used")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", help="cuda | cpu (default: cuda when present)")
+    parser.add_argument("--eval-batch", type=int, help="batch size of evaluation (default 2048)")
+    parser.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: cuda when present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic batch dim)")
     parser.add_argument("--quick", action="store_true", help="small data subset (as LABKIT_QUICK=1)")
     parser.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
@@ -189,19 +194,99 @@ def _add_many_runs_arguments(parser: argparse.ArgumentParser, unit: str) -> None
                         help="[LABEL=]STRATEGY[:KEY=VALUE,...], e.g. fixed:b_init=128 loss:delta=ema,alpha=0.3")
     parser.add_argument("--stop-after", type=float, metavar="SECONDS", help=f"start no new {unit} after this "
                         f"long (rerun the same command to continue)")
+    parser.add_argument("--restart-broken", action="store_true", help=f"set aside a {unit} whose checkpoint or "
+                        f"history cannot be read back (cut short, garbage) and train it again, instead of stopping")
 
 
-def _base_config(args: argparse.Namespace, strategy: str = "fixed", params: dict | None = None):
+def _run_config(args: argparse.Namespace, strategy: str = "fixed", params: dict | None = None):
+    """The ``TrainConfig`` of ``train``, ``sweep`` and ``tune``, every argument checked before any work: names,
+    numbers, the device, and last ``--out`` (created here, so a folder that cannot be made stops at once)."""
+    from labkit.checks import check_choice
+    from labkit.data import DATASETS
+    from labkit.models import MODELS
+    from labkit.runtime import pick_device
     from labkit.train import TrainConfig
 
-    return TrainConfig(dataset=args.dataset, model=args.model, strategy=strategy, strategy_params=params or {},
-                       epochs=args.epochs, lr=args.lr, lr_rule=args.lr_rule, lr_schedule=args.lr_schedule,
-                       lr_warmup=args.lr_warmup, label_smoothing=args.label_smoothing, augment=args.augment,
-                       validation=args.validation, base_batch=args.base_batch, optimizer=args.optimizer, decide_every=args.decide_every, gns_every=args.gns_every,
-                       memory_budget_mb=args.memory_budget_mb, curriculum=args.curriculum,
-                       curriculum_c0=args.curriculum_c0, curriculum_epochs=args.curriculum_epochs,
-                       seed=args.seed, device=args.device, compile=args.compile,
-                       quick=True if args.quick else None, data_root=args.data_root).checked()
+    check_choice("--dataset", args.dataset, DATASETS)
+    check_choice("--model", args.model, MODELS)
+    _check_numbers(args)
+    config = TrainConfig(dataset=args.dataset, model=args.model, strategy=strategy, strategy_params=params or {},
+                         epochs=args.epochs, lr=args.lr, lr_rule=args.lr_rule, lr_schedule=args.lr_schedule,
+                         lr_warmup=args.lr_warmup, label_smoothing=args.label_smoothing, augment=args.augment,
+                         validation=args.validation, base_batch=args.base_batch, optimizer=args.optimizer,
+                         decide_every=args.decide_every, gns_every=args.gns_every,
+                         memory_budget_mb=args.memory_budget_mb, curriculum=args.curriculum,
+                         curriculum_c0=args.curriculum_c0, curriculum_epochs=args.curriculum_epochs,
+                         seed=args.seed, device=args.device, compile=args.compile,
+                         quick=True if args.quick else None, data_root=args.data_root,
+                         **({} if args.eval_batch is None else {"eval_batch": args.eval_batch})).checked()
+    pick_device(args.device)
+    _check_out(args.out)
+    return config
+
+
+# -- checks before any work: each raises ValueError naming the flag, the bad value and what is allowed ----
+
+CLI_NUMBERS = {   # flags the package does not check itself: dest → (check, bounds); a list is checked per entry
+    "base_batch": ("int", {"low": 1}),
+    "min_batch": ("int", {"low": 1}),
+    "max_batch": ("int", {"low": 1}),
+    "memory_cap": ("float", {"low": 0.0, "low_open": True}),
+    "eval_batch": ("int", {"low": 1}),
+    "seed": ("int", {"low": 0}),
+    "seeds": ("int", {"low": 0}),
+    "stop_after": ("float", {"low": 0.0}),
+    "lrs": ("float", {"low": 0.0, "low_open": True}),
+    "jobs": ("int", {"low": 1}),
+    "duration": ("float", {"low": 0.0, "low_open": True}),
+    "clients": ("int", {"low": 1}),
+    "burst": ("int", {"low": 1}),
+    "target_p99_ms": ("float", {"low": 0.0, "low_open": True}),
+}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    from labkit.checks import check_float, check_int
+
+    for name, (kind, bounds) in CLI_NUMBERS.items():
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None:
+                (check_int if kind == "int" else check_float)("--" + name.replace("_", "-"), value, **bounds)
+
+
+def _check_out(out: Path, *, file: bool = False) -> None:
+    """``--out``: a folder (``file``: a file's folder) that exists or can be made here, and can be written."""
+    import os
+
+    if file and out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a file name, e.g. {out / 'bench_serving.csv'}")
+    if not file and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder (it is made if missing)")
+    folder = out.parent if file else out
+    in_the_way = next((path for path in folder.parents if path.exists() and not path.is_dir()), None)
+    if in_the_way is not None or (file and folder.exists() and not folder.is_dir()):
+        raise ValueError(f"--out {out}: {in_the_way or folder} is a file, not a folder: choose another place")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot make the folder {folder} ({error.strerror or error}): "
+                         f"choose another place") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the folder {folder} is not writable: choose another place")
+
+
+def _check_runs(specs: list[str]) -> None:
+    """Build every run spec once before any work, so a typo stops the command at once."""
+    from labkit.experiments import parse_run
+    from labkit.strategies import build
+
+    for spec in specs:
+        try:
+            _, name, params = parse_run(spec)
+            build(name, **params)
+        except (TypeError, ValueError) as error:                     # name the spec if the message does not
+            raise ValueError(str(error) if spec in str(error) else f"--runs {spec!r}: {error}") from None
 
 
 def parse_milestones(text: str) -> dict[int, int]:
@@ -212,33 +297,63 @@ def parse_milestones(text: str) -> dict[int, int]:
         raise ValueError(f"milestones={text!r} is not allowed: expected EPOCH:BATCH pairs like 5:128,10:256") from None
 
 
+# -- running a command: one line for every way it can end early ------------------------------------------
+
+ON_INTERRUPT = {"train": "; rerun with --resume to continue from the last finished epoch",
+                "sweep": "; run the same command again to continue", "tune": "; run the same command again to continue"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    commands = {"train": _train, "sweep": _sweep, "tune": _tune, "find-batch": _find_batch,
-                "serve-bench": _serve_bench}
-    command = commands[args.command]
+    """Run one command and return its exit code. A bad argument ends it with one line ``labkit CMD: error:
+    ...`` and exit code 2; a run that stops (diverged or dead, out of memory, nothing fits, a broken
+    checkpoint, a file that cannot be written) with one line and exit code 1; Ctrl-C with 130. ``labkit
+    --debug CMD ...`` lets the error through, traceback and all."""
+    args = build_parser().parse_args(argv)
+    command = {"train": _train, "sweep": _sweep, "tune": _tune, "find-batch": _find_batch,
+               "serve-bench": _serve_bench}[args.command]
+    if args.debug:
+        return command(args)
     try:
-        return command(parser, args)
-    except (TypeError, ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+        return command(args)
+    except KeyboardInterrupt:
+        print(f"labkit {args.command}: interrupted{ON_INTERRUPT.get(args.command, '')}", file=sys.stderr)
+        return 130
+    except Exception as error:
+        code, line = _one_line(args.command, error)
+        print(line, file=sys.stderr)
+        if code == 2:
+            raise SystemExit(2) from None           # as argparse ends on a bad argument
+        return code
 
 
-def _train(parser: Parser, args: argparse.Namespace) -> int:
+def _one_line(command: str, error: Exception) -> tuple[int, str]:
+    """(exit code, the line on stderr) for an error that ended ``command``."""
+    from labkit.memory import MemoryCapExceeded, NothingFits
+    from labkit.train import BrokenRun, Diverged
+
+    prog = f"labkit {command}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (Diverged, BrokenRun, MemoryCapExceeded, NothingFits)):
+        return 1, f"{prog}: {text}"
+    if isinstance(error, OSError) and error.errno is not None:    # from the system: reading or writing a file
+        return 1, f"{prog}: error: {text}"
+    if isinstance(error, (ValueError, TypeError, OSError)):       # a check's message: the argument and the fix
+        return 2, f"{prog}: error: {text} (see {prog} --help)"
+    return 1, (f"{prog}: unexpected error: {type(error).__name__}: {text} (run `labkit --debug {command} ...` "
+               f"for the traceback)")
+
+
+def _train(args: argparse.Namespace) -> int:
     from labkit.plots import plot_history
     from labkit.strategies import build
-    from labkit.train import Diverged, fit
+    from labkit.train import fit
 
     params = {name: getattr(args, name) for name in STRATEGY_FLAGS if hasattr(args, name)}
     if "milestones" in params:
         params["milestones"] = parse_milestones(params["milestones"])
     build(args.strategy, **params)                                   # check the parameters before any work
-    config = _base_config(args, args.strategy, params)
-    try:
-        history = fit(config, args.out, resume=args.resume, progress=not args.no_progress)
-    except Diverged as error:
-        print(f"labkit train: {error}", file=sys.stderr)
-        return 1
+    config = _run_config(args, args.strategy, params)
+    history = fit(config, args.out, resume=args.resume, progress=not args.no_progress)
     plot_history(history, args.out / "history.png", title=f"{args.strategy} · {args.dataset} · {args.model}")
     last = history.iloc[-1]
     print(f"done: {len(history)} epochs, test acc {last.test_acc:.4f}, final batch {int(last.next_batch)}, "
@@ -246,60 +361,69 @@ def _train(parser: Parser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_runs(specs: list[str]) -> None:
-    """Build every run spec once before any work, so a typo stops the command at once."""
-    from labkit.experiments import parse_run
-    from labkit.strategies import build
-
-    for spec in specs:
-        _, name, params = parse_run(spec)
-        build(name, **params)
-
-
-def _sweep(parser: Parser, args: argparse.Namespace) -> int:
+def _read_tuned(folder: Path | None) -> dict[str, float] | None:
+    """``--tuned``: the peak LR per label that ``labkit tune`` chose (TUNE_DIR/chosen.json)."""
     import json
 
+    if folder is None:
+        return None
+    chosen = folder / "chosen.json"
+    if not chosen.is_file():
+        raise FileNotFoundError(f"--tuned {folder}: no chosen.json there; run `labkit tune --out {folder} ...` "
+                                f"first")
+    try:
+        lrs = json.loads(chosen.read_text())
+    except ValueError as error:
+        raise ValueError(f"--tuned {folder}: chosen.json is not JSON ({error}); rerun `labkit tune --out "
+                         f"{folder} ...`") from None
+    if not isinstance(lrs, dict) or not all(isinstance(lr, (int, float)) for lr in lrs.values()):
+        raise ValueError(f"--tuned {folder}: chosen.json is not {{label: lr}}; rerun `labkit tune --out {folder} ...`")
+    return lrs
+
+
+def _sweep(args: argparse.Namespace) -> int:
     from labkit.experiments import sweep
     from labkit.runtime import atomic_path
 
     _check_runs(args.runs)
-    lrs = None
-    if args.tuned is not None:
-        chosen = args.tuned / "chosen.json"
-        if not chosen.is_file():
-            raise FileNotFoundError(f"--tuned {args.tuned}: no chosen.json there; run `labkit tune --out "
-                                    f"{args.tuned} ...` first")
-        lrs = json.loads(chosen.read_text())
-    table = sweep(_base_config(args), args.runs, args.seeds, args.out, progress=not args.no_progress, lrs=lrs,
-                  stop_after=args.stop_after)
+    lrs = _read_tuned(args.tuned)
+    config = _run_config(args)
+    table = sweep(config, args.runs, args.seeds, args.out, progress=not args.no_progress, lrs=lrs,
+                  stop_after=args.stop_after, restart_broken=args.restart_broken)
     with atomic_path(args.out / "summary.csv") as partial:
         table.to_csv(partial)
     print(table.round(4).to_string())
     return 0
 
 
-def _tune(parser: Parser, args: argparse.Namespace) -> int:
-    from labkit.checks import check_int
+def _tune(args: argparse.Namespace) -> int:
     from labkit.experiments import chosen_lrs, log_grid, tune
 
     _check_runs(args.runs)
     lrs = args.lrs or log_grid(args.lr)
-    if len(lrs) < 2 or min(lrs) <= 0:
+    if len(lrs) < 2:
         raise ValueError(f"--lrs {' '.join(map(str, lrs))}: give at least two learning rates, all > 0")
-    table = tune(_base_config(args), args.runs, lrs, args.out, validation=args.validation,
-                 jobs=check_int("--jobs", args.jobs, low=1), progress=not args.no_progress,
-                 stop_after=args.stop_after)
+    config = _run_config(args)
+    table = tune(config, args.runs, lrs, args.out, validation=args.validation, jobs=args.jobs,
+                 progress=not args.no_progress, stop_after=args.stop_after, restart_broken=args.restart_broken)
     print(table.round(4).to_string(index=False))
     print(f"chosen (best final validation accuracy): {chosen_lrs(table)}; wrote {args.out}/tune.csv, chosen.json")
     return 0
 
 
-def _find_batch(parser: Parser, args: argparse.Namespace) -> int:
+def _find_batch(args: argparse.Namespace) -> int:
     import logging
 
     from labkit.finder import find_batch_size
-    from labkit.memory import NothingFits
+    from labkit.runtime import pick_device
 
+    _check_numbers(args)
+    if args.max_batch is not None and args.min_batch > args.max_batch:
+        raise ValueError(f"--min-batch {args.min_batch} is larger than --max-batch {args.max_batch}: lower "
+                         f"--min-batch or raise --max-batch")
+    pick_device(args.device)
+    if args.out is not None:
+        _check_out(args.out)
     progress = logging.StreamHandler(sys.stderr)          # the memory search's "batch 512 fits ..." lines
     logger = logging.getLogger("labkit")
     logger.addHandler(progress)
@@ -310,9 +434,6 @@ def _find_batch(parser: Parser, args: argparse.Namespace) -> int:
                               gns_steps=args.gns_steps, gns_every=args.gns_every, sizes=args.sizes,
                               memory_cap_bytes=None if args.memory_cap is None else args.memory_cap * 2**30,
                               quick=True if args.quick else None, seed=args.seed, data_root=args.data_root)
-    except NothingFits as error:
-        print(f"labkit find-batch: {error}", file=sys.stderr)
-        return 1
     finally:
         logger.removeHandler(progress)
     print(rec.evidence.round(4).to_string(index=False))
@@ -322,13 +443,15 @@ def _find_batch(parser: Parser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_bench(parser: Parser, args: argparse.Namespace) -> int:
+def _serve_bench(args: argparse.Namespace) -> int:
     import torch
 
     from labkit.runtime import pick_device, quick_mode, save_table
     from labkit.serving.bench import FULL, QUICK, serve_bench
 
+    _check_numbers(args)
     device = pick_device(args.device)
+    _check_out(args.out, file=True)
     defaults = QUICK if args.quick or quick_mode() else FULL
     given = {name: getattr(args, name) for name in defaults if getattr(args, name) is not None}
     settings = defaults | given

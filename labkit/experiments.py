@@ -4,7 +4,10 @@
         --runs fixed:b_init=128 linear:b_init=64,a=96 exponential:b_init=32,a=2 loss:b_init=64,delta=ema
 
 Each run lands in ``OUT/<label>/seed<s>/`` (history.csv, config.json); a finished run is skipped when the
-sweep is started again, so an interrupted sweep resumes. ``summary(OUT)`` reads every history back into one
+sweep is started again, so an interrupted sweep resumes (a run killed mid-epoch continues from its last
+checkpoint and ends with the same history). A folder that cannot be read back stops the sweep with
+``BrokenRun``; ``sweep(..., restart_broken=True)`` sets it aside as ``broken-<name>-<n>`` and trains it again.
+Run labels are folder names: letters, digits and ``. _ = , + -``. ``summary(OUT)`` reads every history back into one
 table: final accuracy, best accuracy, time and samples to reach a target accuracy, mean ± std over seeds. A
 run that stopped dead or diverged is counted in ``failed`` and left out of the means, never averaged in.
 
@@ -16,6 +19,8 @@ reach times and ratios, comparison tables, and which differences the seeds can t
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -28,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from labkit.runtime import atomic_path
-from labkit.train import Diverged, TrainConfig, fit
+from labkit.train import BrokenRun, Diverged, TrainConfig, fit
 
 
 def parse_run(spec: str) -> tuple[str, str, dict]:
@@ -47,7 +52,20 @@ def parse_run(spec: str) -> tuple[str, str, dict]:
             raise ValueError(f"run {spec!r}: parameter {item!r} is not KEY=VALUE (e.g. loss:delta=ema,alpha=0.3)")
         params[key.replace("-", "_")] = _value(key, value)
     label = label or "-".join([name, *(f"{k}={v}" for k, v in params.items() if k != "milestones")])
-    return label, name, params
+    return check_label(label, spec), name, params
+
+
+LABEL = re.compile(r"[A-Za-z0-9._=,+-]+")
+
+
+def check_label(label: str, spec: str | None = None) -> str:
+    """A run label names a folder under the sweep's OUT: letters, digits and ``. _ = , + -`` only, not
+    starting with a dot (so never a path, '.', '..' or a hidden folder)."""
+    if not LABEL.fullmatch(label) or label.startswith("."):
+        where = f"run {spec!r}: " if spec is not None and spec != label else ""
+        raise ValueError(f"{where}label {label!r} is not allowed: a run label is a folder name made of letters, "
+                         f"digits and . _ = , + - (not starting with a dot), e.g. 'big=fixed:b_init=1024'")
+    return label
 
 
 def _value(key: str, text: str):
@@ -62,21 +80,24 @@ def _value(key: str, text: str):
 
 
 def sweep(base: TrainConfig, runs: list[str], seeds: list[int], out: str | Path, progress: bool = True,
-          lrs: dict[str, float] | None = None, stop_after: float | None = None) -> pd.DataFrame:
+          lrs: dict[str, float] | None = None, stop_after: float | None = None,
+          restart_broken: bool = False) -> pd.DataFrame:
     """Run every (run spec, seed) pair under ``out``; skip finished ones; return ``summary(out)``.
 
     ``lrs``: the peak LR per run label (``chosen.json`` of ``tune``); labels not in it train at ``base.lr``.
     ``stop_after``: start no new run after this many seconds (a rerun continues where this one stopped).
+    ``restart_broken``: a run folder whose checkpoint, history or config cannot be read back (``BrokenRun``)
+    is moved aside (to ``broken-<name>-<n>`` beside it) and trained again; without it the sweep stops there.
     """
     out = Path(out)
     jobs = [(folder, config) for folder, config in _plan(base, runs, seeds, out, lrs)
-            if not finished(folder, base.epochs)]
+            if not _finished(folder, base.epochs, restart_broken)]
     start = time.perf_counter()
     for i, (folder, config) in enumerate(jobs):
         if stop_after is not None and time.perf_counter() - start > stop_after:
             print(f"stopped after {stop_after:g} s with {len(jobs) - i} runs left: run the same command again")
             break
-        _run(config, folder, progress)
+        _run(config, folder, progress, restart_broken)
     return summary(out)
 
 
@@ -88,30 +109,86 @@ def _plan(base: TrainConfig, runs: list[str], seeds: list[int], out: Path, lrs: 
             yield out / label / f"seed{seed}", replace(base, strategy=name, strategy_params=params, seed=seed, lr=lr)
 
 
-def _run(config: TrainConfig, folder: Path, progress: bool) -> None:
+def _run(config: TrainConfig, folder: Path, progress: bool, restart_broken: bool = False) -> None:
     """One run into ``folder``, resumed from its checkpoint if it has one; a diverged or dead run keeps its
-    history there and the sweep goes on."""
+    history there and the sweep goes on. A broken folder is set aside and retrained with ``restart_broken``."""
     try:
-        fit(config, folder, resume=True, progress=progress)
+        try:
+            fit(config, folder, resume=True, progress=progress)
+        except BrokenRun as error:
+            if not restart_broken:
+                raise
+            set_aside(folder, error)
+            fit(config, folder, resume=True, progress=progress)
     except Diverged as error:
         print(f"{folder}: {error}")
 
 
+def _finished(folder: Path, epochs: int, restart_broken: bool) -> bool:
+    try:
+        return finished(folder, epochs)
+    except BrokenRun as error:
+        if not restart_broken:
+            raise
+        set_aside(folder, error)
+        return False
+
+
+def set_aside(folder: Path, error: BrokenRun | None = None) -> Path:
+    """Move a broken run folder to ``broken-<name>-<n>`` beside it (kept for a look, out of every glob that
+    reads results) and return the new path."""
+    n = 1
+    while (aside := folder.with_name(f"broken-{folder.name}-{n}")).exists():
+        n += 1
+    folder.rename(aside)
+    print(f"{folder}: set aside as {aside.name} and trained again ({error})" if error else
+          f"{folder}: set aside as {aside.name}")
+    return aside
+
+
 def finished(folder: Path, epochs: int) -> bool:
     """True when ``folder`` holds a complete history: all ``epochs`` rows, or a run that stopped itself
-    (diverged or dead; its last reason starts with 'stopped:')."""
+    (diverged or dead; its last reason starts with 'stopped:'). A history that cannot be read back whole
+    (cut short, garbage) raises ``BrokenRun``."""
     history = folder / "history.csv"
     if not history.exists():
         return False
-    rows = pd.read_csv(history)
+    rows = read_history(history)
     return len(rows) >= epochs or (len(rows) > 0 and str(rows.reason.iloc[-1]).startswith("stopped:"))
+
+
+def read_history(path: str | Path) -> pd.DataFrame:
+    """A run's ``history.csv``, checked whole: a header with ``epoch`` and ``reason``, every row complete
+    (each field present, numbers parseable) and ending in a newline, epochs 1, 2, 3, … Otherwise
+    ``BrokenRun`` naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        lines = list(csv.reader(io.StringIO(text)))
+        if not lines or not text.endswith("\n"):
+            raise ValueError("it is empty" if not text else "its last line is cut short (no newline at the end)")
+        header = lines[0]
+        if "epoch" not in header or "reason" not in header:
+            raise ValueError(f"its header {header[:4]}… has no 'epoch' and 'reason' columns")
+        for number, line in enumerate(lines[1:], start=2):
+            if len(line) != len(header):
+                raise ValueError(f"line {number} has {len(line)} fields, the header {len(header)}")
+            for column, field in zip(header, line):
+                if column != "reason" and field:
+                    float(field)              # ValueError names the field
+        rows = pd.read_csv(io.StringIO(text))
+        if list(rows.epoch) != list(range(1, len(rows) + 1)):
+            raise ValueError(f"its epochs {list(rows.epoch)[:8]} are not 1, 2, 3, …")
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError) as error:
+        raise BrokenRun.of(path, "history", str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    return rows
 
 
 def load_histories(out: str | Path) -> pd.DataFrame:
     """Every ``history.csv`` under ``out`` in one table, with ``run`` and ``seed`` columns."""
     frames = []
     for path in sorted(Path(out).glob("*/seed*/history.csv")):
-        frame = pd.read_csv(path)
+        frame = read_history(path)
         frame.insert(0, "seed", int(path.parent.name.removeprefix("seed")))
         frame.insert(0, "run", path.parent.parent.name)
         frames.append(frame)
@@ -164,7 +241,8 @@ def log_grid(center: float, points: int = 5, factor: float = 2.0) -> list[float]
 
 
 def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, validation: float = 0.1,
-         jobs: int = 1, progress: bool = True, stop_after: float | None = None) -> pd.DataFrame:
+         jobs: int = 1, progress: bool = True, stop_after: float | None = None,
+         restart_broken: bool = False) -> pd.DataFrame:
     """The honest-baseline protocol's first half: each run spec at each peak LR of ``lrs``, trained with
     ``base``'s schedule and epoch budget on the training set less a held-out share ``validation``, and
     scored on that held-out share (``TrainConfig.validation``; the test split is never evaluated).
@@ -173,7 +251,7 @@ def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, 
     trains that many trials at once in separate processes: their scores are what counts, their times are
     not comparable and are not reported. Writes ``OUT/tune.csv`` (every trial: final and best validation
     accuracy, final validation loss, failed) and ``OUT/chosen.json`` ({label: best lr by final validation
-    accuracy among the live trials}); returns the trial table.
+    accuracy among the live trials}); returns the trial table. ``restart_broken`` as in ``sweep``.
     """
     if validation <= 0:
         raise ValueError(f"validation={validation:g}: tuning needs a held-out share of the training set in (0, 1)")
@@ -181,8 +259,8 @@ def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, 
     trials = [(out / label / f"lr={lr:g}", replace(base, strategy=name, strategy_params=params, lr=lr,
                                                    validation=validation, seed=base.seed))
               for label, name, params in (parse_run(spec) for spec in runs) for lr in lrs]
-    todo = [(config, folder, progress and jobs == 1) for folder, config in trials
-            if not finished(folder, base.epochs)]
+    todo = [(config, folder, progress and jobs == 1, restart_broken) for folder, config in trials
+            if not _finished(folder, base.epochs, restart_broken)]
     if todo and jobs > 1:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
             list(pool.map(_run_args, todo))
@@ -211,7 +289,7 @@ def tune_table(out: str | Path) -> pd.DataFrame:
     validation accuracy, final validation loss, epochs run, failed."""
     rows = []
     for path in sorted(Path(out).glob("*/lr=*/history.csv")):
-        h = pd.read_csv(path)
+        h = read_history(path)
         rows.append(dict(label=path.parent.parent.name, lr=float(path.parent.name.removeprefix("lr=")),
                          val_acc=h.test_acc.iloc[-1], best_val_acc=h.test_acc.max(), val_loss=h.test_loss.iloc[-1],
                          epochs=int(h.epoch.iloc[-1]), failed=str(h.reason.iloc[-1]).startswith("stopped:")))

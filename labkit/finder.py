@@ -147,6 +147,8 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
     base_batch = check_int("base_batch", base_batch, low=2)
     min_batch = check_int("min_batch", min_batch, low=1)
     max_batch = None if max_batch is None else check_int("max_batch", max_batch, low=1)
+    if max_batch is not None and min_batch > max_batch:
+        raise ValueError(f"min_batch={min_batch} is greater than max_batch={max_batch}: expected min_batch <= max_batch")
     if memory_cap_bytes is not None:
         memory_cap_bytes = check_float("memory_cap_bytes", memory_cap_bytes, low=0.0, low_open=True)
     gns_steps = check_int("gns_steps", budget.gns_steps if gns_steps is None else gns_steps, low=1)

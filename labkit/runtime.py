@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,15 +22,25 @@ def quick_mode() -> bool:
 
 
 def pick_device(requested: str | None = None):
-    """``torch.device``: the one asked for, else CUDA when present, else CPU."""
+    """``torch.device``: the one asked for ('cpu', 'cuda', 'cuda:N'), else CUDA when present, else CPU
+    (``None``, '' or 'auto'). Anything else, or a CUDA device this machine lacks, is a ``ValueError``."""
     import torch
 
     if requested in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(requested, torch.device):
+        requested = str(requested)
+    if not isinstance(requested, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", requested):
+        raise ValueError(f"device={requested!r} is not allowed: expected 'cpu', 'cuda', 'cuda:N' or 'auto' "
+                         f"(leave it out to pick automatically)")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={requested!r} was asked for but CUDA is not available here: "
                          f"use device='cpu' or leave it out to pick automatically")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device={requested!r} is not here: this machine's CUDA devices are cuda:0"
+                         f"{f' to cuda:{count - 1}' if count > 1 else ''}")
     return device
 
 

@@ -37,6 +37,10 @@ class LossDiff(Stateful):
         self.previous = loss
         return delta
 
+    def _check(self) -> None:
+        if self.previous is not None:
+            check_float("previous", self.previous)
+
 
 class LossEMA(Stateful):
     """m_t = α·loss_t + (1 − α)·m_{t−1}; returns Δ = m_t − m_{t−1} (``None`` on the first call, m_0 = loss_0)."""
@@ -52,6 +56,11 @@ class LossEMA(Stateful):
         previous = self.average
         self.average = self.alpha * loss + (1.0 - self.alpha) * previous
         return self.average - previous
+
+    def _check(self) -> None:
+        check_float("alpha", self.alpha, low=0.0, high=1.0, low_open=True)
+        if self.average is not None:
+            check_float("average", self.average)
 
 
 class LossVariance(Stateful):
@@ -69,14 +78,51 @@ class LossVariance(Stateful):
 
     @property
     def mean(self) -> float:
-        return sum(self.values) / len(self.values)
+        return window_mean(self.values)
+
+    def _check(self) -> None:
+        window = check_int("window", self.window, low=2)
+        if len(self.values) > window:
+            raise ValueError(f"values holds {len(self.values)} losses: expected at most window={window}")
+        for value in self.values:
+            check_float("values entry", value)
+        self.values = deque(self.values, maxlen=window)
+
+
+SAFE = 1e150   # below this magnitude, the sums and squared deviations of a short window cannot overflow
+
+
+def window_mean(values) -> float:
+    """The mean of a short sequence; finite values give a finite mean (no overflow near the largest float)."""
+    values = list(values)
+    scale = max(map(abs, values))
+    if scale < SAFE or not math.isfinite(scale):
+        return sum(values) / len(values)
+    return scale * (math.fsum(v / scale for v in values) / len(values))
 
 
 def window_variance(values) -> float:
-    """Population variance 1/K · Σ (x_k − mean)² of a short sequence."""
+    """Population variance 1/K · Σ (x_k − mean)² of a short sequence. It never raises ``OverflowError``: for
+    values of magnitude 1e150 and more the deviations are squared after scaling by the largest magnitude
+    (``window_std``); a variance beyond the largest float (such losses that differ) is ``inf``."""
     values = list(values)
+    if max(map(abs, values)) >= SAFE:
+        std = window_std(values)
+        return std * std
     mean = sum(values) / len(values)
     return sum((v - mean) ** 2 for v in values) / len(values)
+
+
+def window_std(values) -> float:
+    """Population standard deviation √(1/K · Σ (x_k − mean)²) of a short sequence, finite for any finite
+    values: they are scaled by their largest magnitude before squaring."""
+    values = list(values)
+    scale = max(map(abs, values))
+    if scale < SAFE or not math.isfinite(scale):
+        return window_variance(values) ** 0.5 if math.isfinite(scale) else math.nan
+    scaled = [v / scale for v in values]
+    mean = math.fsum(scaled) / len(scaled)
+    return scale * math.sqrt(math.fsum((x - mean) * (x - mean) for x in scaled) / len(scaled))
 
 
 def loss_tracker(delta: str = "diff", *, alpha: float = 0.3, window: int = 3) -> Stateful:

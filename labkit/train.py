@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from labkit import strategies
 from labkit.batching import DeviceBatcher
+from labkit.checkpoint import BrokenRun, check_resumable, restore, save_checkpoint, write_config
 from labkit.checks import check_choice, check_float, check_int
 from labkit.cost import EnergyMeter
 from labkit.curriculum import Curriculum, loss_difficulty
@@ -50,7 +51,7 @@ from labkit.data import load
 from labkit.lr_schedules import LR_SCHEDULES, LRSchedule
 from labkit.memory import OUT_OF_MEMORY, MemoryCapExceeded, MemoryWatch, free_memory
 from labkit.models import build_model
-from labkit.runtime import atomic_path, pick_device, provenance, quick_mode
+from labkit.runtime import atomic_path, pick_device, quick_mode
 from labkit.signals import mean_entropy
 
 OPTIMIZERS = ("sgd", "adam")
@@ -130,10 +131,17 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     """Train as ``config`` says; return the per-epoch history (and write it under ``out`` if given).
 
     With ``out``, each epoch writes ``history.csv`` and ``checkpoint.pt``; ``resume=True`` continues from
-    the checkpoint there and gives the same result as an uninterrupted run.
+    the checkpoint there and gives the same result as an uninterrupted run, even after a ``kill -9`` (each
+    file is replaced whole). A resume first compares ``config.json`` with ``config``: any difference but
+    where it runs (device, compile, data_root, eval_batch) is a ``ValueError`` naming the fields, epochs
+    included (the LR schedule spans them). A checkpoint or config that cannot be read back is a
+    ``BrokenRun``. A NaN or infinite loss stops the run with ``Diverged``, per epoch or per step.
     """
     config = config.checked()
     quick = quick_mode() if config.quick is None else config.quick
+    out = Path(out) if out is not None else None
+    if out is not None and resume:
+        check_resumable(out, replace(config, quick=quick))       # before anything is read or written
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
 
@@ -169,20 +177,13 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
 
     rows: list[dict[str, Any]] = []
     start_epoch, step, samples, wall, energy = 0, 0, 0, 0.0, 0.0
-    out = Path(out) if out is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(out, config, device)
         if resume and (out / "checkpoint.pt").exists():
-            state = torch.load(out / "checkpoint.pt", map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            strategy.load_state_dict(state["strategy"])
-            train.load_state_dict(state["batcher"])
-            if gns is not None:
-                gns.load_state_dict(state["gns"])
-            torch.set_rng_state(state["rng"].cpu())
-            rows, (start_epoch, step, samples, wall, energy) = state["history"], state["counters"]
+            rows, (start_epoch, step, samples, wall, energy) = restore(
+                out / "checkpoint.pt", device, config, model=model, optimizer=optimizer, strategy=strategy,
+                batcher=train, gns=gns)
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, replace(config, quick=quick), device)
 
     bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.strategy} on {data.name}",
                disable=not progress, initial=start_epoch, total=config.epochs)
@@ -195,6 +196,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             loss_sum = torch.zeros((), device=device)       # Σ loss·B over the epoch, kept on the device
             entropy_sum = torch.zeros((), device=device)
             epoch_samples = epoch_steps = retries = 0
+            diverged = False                                # a per-step decision met a NaN or infinite loss
             lr = config.lr
             pool = None if curriculum is None else curriculum(epoch).pool(epoch)
             epoch_size = n_train if pool is None else len(pool)
@@ -240,7 +242,13 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                     epoch_steps += 1
                     step += 1
                     if config.decide_every == "step" and not retrying:           # .item(): a sync per step
-                        strategy.step(loss=loss.item(), epoch=epoch + 1, **_gns_signal(gns), **_memory_signal(usage))
+                        step_loss = loss.item()
+                        if not math.isfinite(step_loss):     # the epoch ends here; below it stops as Diverged
+                            diverged = True
+                            break
+                        strategy.step(loss=step_loss, epoch=epoch + 1, **_gns_signal(gns), **_memory_signal(usage))
+                if diverged:
+                    break
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             epoch_time = time.perf_counter() - t0
@@ -284,11 +292,10 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             bar.set_postfix(B=int(row["batch_size"]), loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
             _save_history(out, rows, strategy)
             if out is not None:
-                with atomic_path(out / "checkpoint.pt") as partial:
-                    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                    strategy=strategy.state_dict(), batcher=train.state_dict(),
-                                    gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
-                                    history=rows, counters=[epoch + 1, step, samples, wall, energy]), partial)
+                save_checkpoint(out, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                strategy=strategy.state_dict(), batcher=train.state_dict(),
+                                gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
+                                history=rows, counters=[epoch + 1, step, samples, wall, energy])
     return _save_history(out, rows, strategy)        # again: a resumed, finished run restores a lost history
 
 
@@ -461,10 +468,4 @@ def _save_history(out: Path | None, rows: list[dict], strategy=None) -> pd.DataF
     return history
 
 
-def _write_config(out: Path, config: TrainConfig, device: torch.device) -> None:
-    record = {"config": asdict(config), "provenance": provenance(device)}
-    with atomic_path(out / "config.json") as partial:
-        partial.write_text(json.dumps(record, indent=2) + "\n")
-
-
-__all__ = ["TrainConfig", "fit", "evaluate", "Diverged", "DeadRun", "make_optimizer", "compiled"]
+__all__ = ["TrainConfig", "fit", "evaluate", "Diverged", "DeadRun", "BrokenRun", "make_optimizer", "compiled"]

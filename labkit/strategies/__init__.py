@@ -10,8 +10,6 @@ Shared parameter names: b_init, min_batch, max_batch, multiple_of, a, alpha, win
 """
 from __future__ import annotations
 
-import inspect
-
 from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased, MemoryBased
 from labkit.strategies.base import Adaptive, Decision, Strategy
 from labkit.strategies.coupling import LR_RULES, scaled_lr
@@ -26,15 +24,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 def parameters(name: str) -> list[str]:
     """The keyword parameters ``build(name, ...)`` accepts, bounds included."""
-    cls = _lookup(name)
-    names = []
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in names:
-                names.append(p.name)
-    return names
+    return _lookup(name).parameters()
 
 
 def build(name: str, **params) -> Strategy:

@@ -5,8 +5,10 @@ Memory-based batching.
 """
 from __future__ import annotations
 
+import math
+
 from labkit.checks import check_choice, check_float, check_int
-from labkit.signals import DELTAS, loss_tracker, max_entropy
+from labkit.signals import DELTAS, loss_tracker, max_entropy, window_std
 from labkit.strategies.base import Adaptive, Decision, Strategy
 
 
@@ -74,10 +76,23 @@ class LossBased(Adaptive):
         if change > self.tolerance * abs(first):
             return self._shrunk(), f"shrink: loss rose over the window ({first:.3g} → {last:.3g})"
         mean = self.tracker.mean
-        cv = variance ** 0.5 / abs(mean) if mean else float("inf")
+        std = variance ** 0.5 if math.isfinite(variance) else window_std(self.tracker.values)  # huge losses
+        cv = std / abs(mean) if mean else float("inf")
         if cv <= self.tolerance:
             return self._grown(), f"grow: loss settled (cv {cv:.3g} <= {self.tolerance:g})"
         return self._shrunk(), f"shrink: loss fluctuates (cv {cv:.3g} > {self.tolerance:g})"
+
+    def _prepare(self, state) -> None:
+        """The tracker's class follows the saved ``delta``: rebuild it before its state loads."""
+        self.tracker = loss_tracker(check_choice("delta", state["delta"], DELTAS), alpha=state["alpha"],
+                                    window=state["window"])
+
+    def _check(self) -> None:
+        super()._check()
+        for name in ("alpha", "window"):
+            if name in vars(self.tracker) and getattr(self.tracker, name) != getattr(self, name):
+                raise ValueError(f"tracker.{name}={getattr(self.tracker, name)!r} differs from "
+                                 f"{name}={getattr(self, name)!r}: expected the same value")
 
     def _reference(self) -> float:
         """The value the change is relative to: the previous loss or the previous average."""
@@ -151,6 +166,11 @@ class GNSBased(Strategy):
         capped = "" if value == target else f", capped at ×{self.a:g}"
         return value, f"toward B_simple {self.smoothed:.1f}{capped}"
 
+    def _check(self) -> None:
+        super()._check()
+        if self.smoothed is not None:
+            check_float("smoothed", self.smoothed, low=0.0, low_open=True)
+
 
 class MemoryBased(Strategy):
     """Fill the device's memory to a target: B follows the peak memory of training steps.
@@ -210,6 +230,18 @@ class MemoryBased(Strategy):
             value = min(value, self.failed - self.multiple_of)
         verb = "grow" if memory < self.low else "shrink"
         return value, f"{verb}: memory {memory:.0%} toward {self.target:.0%} ({how})"
+
+    def _check(self) -> None:
+        super()._check()
+        if self.failed is not None:
+            check_int("failed", self.failed, low=1)
+        if len(self.readings) > 2:
+            raise ValueError(f"readings holds {len(self.readings)} entries: expected at most 2 [batch, usage] pairs")
+        for i, reading in enumerate(self.readings):
+            if not isinstance(reading, list) or len(reading) != 2:
+                raise ValueError(f"readings[{i}]={reading!r} is not a [batch, usage] pair")
+            check_int(f"readings[{i}] batch", reading[0], low=1)
+            check_float(f"readings[{i}] usage", reading[1], low=0.0)
 
     def oom(self, failed: int | None = None) -> int:
         """A step of ``failed`` examples (default: the current batch) ran out of memory: halve the smaller of

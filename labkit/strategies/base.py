@@ -14,6 +14,7 @@ Each call appends a ``Decision(step, old, new, reason)`` to ``history``.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -113,6 +114,35 @@ class Strategy(Stateful, ABC):
             if signals.get(name) is not None:
                 readings[name] = check_float(f"signal {name}", signals[name])
         return readings
+
+    # -- state ------------------------------------------------------------------------------------
+    @classmethod
+    def parameters(cls) -> list[str]:
+        """The keyword parameters of the constructor, bounds included (each is kept as an attribute)."""
+        names = []
+        for klass in cls.__mro__:
+            if klass is object or "__init__" not in vars(klass):
+                continue
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in names:
+                    names.append(p.name)
+        return names
+
+    def _check(self) -> None:
+        """A loaded state must be one the strategy could reach: the constructor accepts its hyper-parameters
+        (so bounds, ranges and multiples are checked by the same code as at construction), and the batch
+        size is round(clamp(value)) inside the bounds."""
+        rebuilt = type(self)(**{name: getattr(self, name) for name in self.parameters()})
+        for name in self.parameters():                     # normalised forms, e.g. sorted milestones
+            setattr(self, name, getattr(rebuilt, name))
+        check_int("steps", self.steps, low=0)
+        value = check_float("value", self.value, low=self.min_batch, high=self.max_batch)
+        batch = check_int("batch_size", self.batch_size, low=self.min_batch, high=self.max_batch)
+        if batch % self.multiple_of:
+            raise ValueError(f"batch_size={batch} is not a multiple of multiple_of={self.multiple_of}")
+        if batch != self._round(value):
+            raise ValueError(f"batch_size={batch} does not match value={value:g}, which rounds to "
+                             f"{self._round(value)}: save and load the state without editing it")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(batch_size={self.batch_size}, steps={self.steps}, "
