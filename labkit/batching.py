@@ -58,6 +58,8 @@ class DeviceBatcher:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean=None, std=None, *, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, device=None, augment: Augment | None = None):
+        if len(y) == 0:
+            raise ValueError(f"x.shape={tuple(x.shape)}: the dataset is empty; a batcher needs at least one sample")
         if x.ndim < 2 or len(x) != len(y):
             raise ValueError(f"x.shape={tuple(x.shape)} and y.shape={tuple(y.shape)}: expected x (N, C, ...) "
                              f"and y (N,) with the same N")

@@ -70,7 +70,11 @@ def check_label(label: str, spec: str | None = None) -> str:
 
 def _value(key: str, text: str):
     if key == "milestones":
-        return {int(e): int(b) for e, b in (pair.split(">") for pair in text.split(";") if pair)}
+        try:
+            return {int(e): int(b) for e, b in (pair.split(">") for pair in text.split(";") if pair)}
+        except ValueError:
+            raise ValueError(f"milestones={text!r} is not allowed: expected EPOCH>BATCH pairs joined by ';', "
+                             f"e.g. milestones=5>128;10>256") from None
     for kind in (int, float):
         try:
             return kind(text)

@@ -113,14 +113,31 @@ class TextData:
                 f"length {n.min().item()}..{n.max().item()} (mean {n.float().mean().item():.1f}))")
 
 
+def check_sequences(sequences) -> list[torch.Tensor]:
+    """``sequences`` as a list after checking it is a non-empty list (or tuple) of 1-D integer token tensors.
+    A padded (N, L) tensor is refused: its padding would count as tokens."""
+    if isinstance(sequences, torch.Tensor) or not isinstance(sequences, (list, tuple)):
+        shape = f" of shape {tuple(sequences.shape)}" if isinstance(sequences, torch.Tensor) else ""
+        raise TypeError(f"sequences is a {type(sequences).__name__}{shape}: expected a list of 1-D token "
+                        f"tensors, one per sample (unpadded), e.g. TextData.sequences")
+    if not sequences:
+        raise ValueError("sequences is empty: expected at least one 1-D token tensor")
+    for i, seq in enumerate(sequences):
+        if not isinstance(seq, torch.Tensor) or seq.ndim != 1 or seq.dtype.is_floating_point:
+            what = f"a {seq.ndim}-D {seq.dtype} tensor" if isinstance(seq, torch.Tensor) else type(seq).__name__
+            raise TypeError(f"sequences[{i}] is {what}: expected a 1-D integer tensor of token ids")
+    return list(sequences)
+
+
 def lengths(sequences: list[torch.Tensor]) -> torch.Tensor:
     """(N,) int64: the number of tokens in each sequence."""
-    return torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    return torch.tensor([len(s) for s in check_sequences(sequences)], dtype=torch.long)
 
 
 def pad(sequences: list[torch.Tensor], width: int | None = None) -> torch.Tensor:
     """(N, width) int64: the sequences left-aligned, filled with ``PAD`` on the right; ``width`` defaults to
     the longest sequence and may not be shorter than it."""
+    sequences = check_sequences(sequences)
     longest = max(len(s) for s in sequences)
     width = longest if width is None else check_int("width", width, low=longest)
     padded = pad_sequence(list(sequences), batch_first=True, padding_value=PAD)  # (N, longest)

@@ -106,6 +106,7 @@ class TrainConfig:
         check_float("weight_decay", self.weight_decay, low=0.0)
         check_float("curriculum_c0", self.curriculum_c0, low=0.0, high=1.0, low_open=True)
         check_int("curriculum_epochs", self.curriculum_epochs, low=1)
+        check_int("eval_batch", self.eval_batch, low=1)
         if self.curriculum not in (None, "self") and not (Path(self.curriculum) / "checkpoint.pt").is_file():
             raise ValueError(f"curriculum={self.curriculum!r} is neither 'self' nor a run folder with a "
                              f"checkpoint.pt (the reference model whose per-example loss orders the data)")

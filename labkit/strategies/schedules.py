@@ -168,6 +168,11 @@ class EpochBased(Schedule):
 
     def __init__(self, b_init: int = 32, *, milestones: Mapping[int, int] | None = None, **bounds):
         super().__init__(b_init, **bounds)
+        pairs = isinstance(milestones, (list, tuple)) and all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in milestones)   # as state_dict saves them
+        if milestones is not None and not isinstance(milestones, Mapping) and not pairs:
+            raise TypeError(f"milestones={milestones!r} must map an epoch to the batch size used from it on, "
+                            f"e.g. {{5: 128, 10: 256}}")
         milestones = dict(milestones or {})
         for epoch, batch in milestones.items():
             check_int("milestone epoch", epoch, low=1)
