@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased, MemoryBased
 from labkit.strategies.base import Adaptive, Decision, Strategy
-from labkit.strategies.coupling import LR_RULES, scaled_lr
+from labkit.strategies.coupling import LR_RULES, LRCoupling, adascale_gain, scaled_lr
 from labkit.strategies.schedules import Cyclical, EpochBased, Exponential, Fixed, Linear, Progressive, Schedule
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -46,4 +46,4 @@ def _lookup(name: str) -> type[Strategy]:
 
 __all__ = ["Strategy", "Schedule", "Adaptive", "Decision", "Fixed", "Linear", "Exponential", "Cyclical",
            "LossBased", "ConfidenceBased", "GNSBased", "MemoryBased", "Progressive", "EpochBased", "STRATEGIES",
-           "build", "parameters", "scaled_lr", "LR_RULES"]
+           "build", "parameters", "scaled_lr", "LR_RULES", "LRCoupling", "adascale_gain"]
