@@ -174,6 +174,9 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget = None if config.memory_budget_mb is None else config.memory_budget_mb * 2**20
     watch = MemoryWatch(model, train.normalise(data.x_train[:1].to(device)), budget)
+    if "memory" in strategy.requires and watch.budget is None:
+        raise ValueError(f"strategy {config.strategy!r} reads the memory signal, which needs a budget on a "
+                         f"{device.type.upper()}: set memory_budget_mb (--memory-budget-mb)")
     curriculum = _curriculum(config, model, data, train)
 
     rows: list[dict[str, Any]] = []
@@ -238,7 +241,8 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                     usage = watch.after()
                     # -- signals, accumulated without a sync -------------------------------------------------
                     loss_sum += loss.detach().float() * batch
-                    entropy_sum += mean_entropy(logits.detach()) * batch
+                    entropy = mean_entropy(logits.detach())
+                    entropy_sum += entropy * batch
                     epoch_samples += batch
                     epoch_steps += 1
                     step += 1
@@ -247,7 +251,8 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
                         if not math.isfinite(step_loss):     # the epoch ends here; below it stops as Diverged
                             diverged = True
                             break
-                        strategy.step(loss=step_loss, epoch=epoch + 1, **_gns_signal(gns), **_memory_signal(usage))
+                        strategy.step(loss=step_loss, entropy=entropy.item(), epoch=epoch + 1, **_gns_signal(gns),
+                                      **_memory_signal(usage))
                 if diverged:
                     break
             if device.type == "cuda":
