@@ -21,6 +21,14 @@ import pandas as pd
 from labkit.experiments import chosen_lrs, failed
 
 
+def first_hit(history: pd.DataFrame, target: float) -> pd.Series | None:
+    """The row of one run's first epoch (by ``epoch``, not row order) whose ``test_acc`` reaches ``target``,
+    or None when no epoch does. The one definition of "first to a target" (``first_reach``, ``run_cost``)."""
+    hits = history.sort_values("epoch")
+    hits = hits[hits.test_acc >= target]
+    return hits.iloc[0] if len(hits) else None
+
+
 def first_reach(histories: pd.DataFrame, target: float) -> pd.DataFrame:
     """Per (run, seed) of a ``load_histories`` table: the first epoch whose ``test_acc`` reaches ``target``,
     with ``wall_time_s``, ``steps`` and ``samples`` at the end of that epoch, and ``reached``. A run that
@@ -28,9 +36,7 @@ def first_reach(histories: pd.DataFrame, target: float) -> pd.DataFrame:
     so a mean over seeds is a mean over the seeds that got there; count them with ``reached``)."""
     rows = []
     for (run, seed), h in histories.groupby(["run", "seed"]):
-        hits = h.sort_values("epoch")
-        hits = hits[hits.test_acc >= target]
-        first = hits.iloc[0] if len(hits) else None
+        first = first_hit(h, target)
         rows.append(dict(run=run, seed=seed, reached=first is not None,
                          **{c: math.nan if first is None else first[c]
                             for c in ("epoch", "wall_time_s", "steps", "samples")}))

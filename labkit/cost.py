@@ -288,11 +288,13 @@ def run_cost(history: pd.DataFrame, prices: Prices = Prices(), target_acc: float
     _require_columns(history, needed, "history (a per-epoch history from labkit.train.fit)")
     if history.empty:
         raise ValueError("history has no rows: there is no epoch to cost")
-    end, reached = history.iloc[-1], None
+    end, reached = history.sort_values("epoch").iloc[-1] if "epoch" in history else history.iloc[-1], None
     if target_acc is not None:
-        hits = history[history.test_acc >= target_acc]
-        reached = len(hits) > 0
-        end = hits.iloc[0] if reached else end
+        from labkit.comparison import first_hit           # here: comparison → experiments → train → cost
+
+        hit = first_hit(history, target_acc)
+        reached = hit is not None
+        end = hit if reached else end
     time_s, steps = float(end["wall_time_s"]), int(end["steps"])
     energy_j = float(end["energy_j"]) if "energy_j" in history.columns else math.nan
     cost = dict(time_s=time_s, steps=steps, samples=int(end["samples"]), per_step_s=time_s / steps,
