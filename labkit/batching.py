@@ -23,15 +23,23 @@ strategy). It is read before every batch, so a strategy stepped inside the loop 
 (``labkit.augment``), with its own generator: turning augmentation on does not change the shuffling order.
 ``state_dict()`` holds both generators' states; save it between epochs to resume the same batches.
 
-``StrategyBatchSampler`` gives a ``torch.utils.data.DataLoader`` the same changing batch size.
+``StrategyBatchSampler`` gives a ``torch.utils.data.DataLoader`` the same changing batch size: a
+``BatchSampler`` with ``set_epoch``, ``state_dict`` for mid-epoch resume, and a shard of every global batch per
+rank under DDP. ``StrategyBatches`` groups a stream of samples (an ``IterableDataset``) the same way:
+
+    >>> sampler = StrategyBatchSampler(strategy, len(dataset), seed=0)   # num_replicas/rank from torch.distributed
+    >>> loader = DataLoader(dataset, batch_sampler=sampler)              # num_workers > 0 delays a new size
+    >>> for epoch in range(epochs):
+    ...     sampler.set_epoch(epoch)
+    ...     for xb, yb in loader: ...
 """
 from __future__ import annotations
 
-import math
+import itertools
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, IterableDataset
 
 from labkit.augment import Augment
 from labkit.checks import check_int
@@ -137,31 +145,164 @@ class DeviceBatcher:
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, augment={self.augment})")
 
 
-class StrategyBatchSampler(Sampler[list[int]]):
+class StrategyBatchSampler(BatchSampler):
     """Index batches for ``DataLoader(dataset, batch_sampler=...)`` whose size is read before each batch.
 
-    ``strategy_or_size``: an object with ``.batch_size`` (a strategy), a zero-argument callable, or an int.
-    Each epoch draws a new permutation of ``range(num_samples)`` (seeded) and covers every index once.
-    ``len()`` is the number of batches at the current batch size: ⌈N/B⌉, or ⌊N/B⌋ with ``drop_last``.
+    Args:
+        strategy_or_size: an object with ``.batch_size`` (a strategy), a zero-argument callable, or an int:
+            the GLOBAL batch size B, summed over all ranks.
+        num_samples: N, the dataset's length; batches hold indices in [0, N − 1].
+        shuffle: epoch e serves ``randperm(N)`` drawn from ``seed + e`` (default True); False serves 0..N−1.
+        seed: the base seed (default 0), or ``generator``: one int drawn from it at construction is the seed.
+        drop_last: skip a final global batch smaller than B.
+        num_replicas, rank: the ranks sharing each global batch (default: from ``torch.distributed`` when it
+            is initialised, else 1 and 0). Rank r gets the contiguous piece ``[r·b, (r+1)·b)`` of every global
+            batch, b = B // num_replicas: same sizes on every rank, no index on two ranks. B must be a multiple
+            of num_replicas (ValueError otherwise); the final short batch of an epoch, r' < B samples, gives
+            each rank r' // num_replicas and drops the r' mod num_replicas left over (skipped if that is 0).
+
+    Epochs work like ``DistributedSampler``: ``set_epoch(e)`` before each epoch (Lightning calls it) gives
+    the same order for the same (seed, e) on every rank and after a restart. A loop that does not call it
+    still gets a new order: a pass that runs to the end moves the sampler to the next epoch. The sampler
+    is a cursor: a pass broken off mid-epoch continues there at the next ``iter()``, and ``state_dict()``
+    ``{"epoch", "samples_served"}`` (global samples of this epoch already handed out) resumes the rest of the
+    epoch after ``load_state_dict()``, at the batch sizes read then.
+
+    ``batch_size`` is this rank's current size, B // num_replicas; ``len()`` is the number of batches of an
+    epoch at the current B, ⌈N/B⌉ (⌊N/B⌋ with ``drop_last``): both change when the strategy changes B.
+
+    Prefetch lag: ``DataLoader(num_workers=w, prefetch_factor=p)`` draws index batches ``w·p`` ahead of the
+    loop, so a size set after batch k first appears in batch k + 1 + w·p (w = 0: batch k + 1, no lag), and
+    ``state_dict()`` counts those prefetched batches as served. To cut the lag use ``num_workers=0``,
+    ``prefetch_factor=1``, or change the size (and save state) at epoch boundaries. With Lightning, pass
+    ``Trainer(use_distributed_sampler=False)``: this sampler shards itself.
     """
 
-    def __init__(self, strategy_or_size: Any, num_samples: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
-        super().__init__()
+    def __init__(self, strategy_or_size: Any, num_samples: int, shuffle: bool = True, seed: int | None = None,
+                 drop_last: bool = False, *, generator: torch.Generator | None = None,
+                 num_replicas: int | None = None, rank: int | None = None):
         self.read_size = batch_size_reader(strategy_or_size)
         self.num_samples = check_int("num_samples", num_samples, low=1)
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.generator = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+        self.sampler = range(self.num_samples)  # the index space, as BatchSampler has it (order is drawn here)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        if generator is not None and seed is not None:
+            raise ValueError(f"seed={seed} and generator={generator!r}: give one of them (the seed is drawn from "
+                             f"the generator)")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator={generator!r} must be a torch.Generator, e.g. "
+                                f"torch.Generator().manual_seed(0), or pass seed=0")
+            seed = int(torch.randint(0, 2**62, (), generator=generator))
+        self.seed = check_int("seed", 0 if seed is None else seed, low=0)
+        self.num_replicas, self.rank = _replicas(num_replicas, rank)
+        self.epoch, self.samples_served = 0, 0
+
+    @property
+    def batch_size(self) -> int:
+        """This rank's current batch size: the strategy's global size B // num_replicas."""
+        return self.global_batch_size() // self.num_replicas
+
+    def global_batch_size(self) -> int:
+        """B, read from the strategy now; checked to be a multiple of ``num_replicas``."""
+        size, n = self.read_size(), self.num_replicas
+        if size % n:
+            below = size - size % n
+            fix = f"{below} or {below + n}" if below else f"{n}"
+            raise ValueError(f"batch_size={size} is not a multiple of num_replicas={n}: each of the {n} ranks "
+                             f"gets an equal piece of the global batch; use {fix}")
+        return size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch`` next, from its start; the same epoch again keeps a mid-epoch position."""
+        epoch = check_int("epoch", epoch, low=0)
+        if epoch != self.epoch:
+            self.epoch, self.samples_served = epoch, 0
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The global order of ``epoch``: ``randperm(N)`` from seed + epoch, or 0..N−1 without shuffle."""
+        if not self.shuffle:
+            return list(range(self.num_samples))
+        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = (torch.randperm(self.num_samples, generator=self.generator).tolist() if self.shuffle
-                 else list(range(self.num_samples)))
-        for start, stop in epoch_spans(self.num_samples, self.read_size, self.drop_last):
-            yield order[start:stop]
+        order, n, replicas = self.epoch_order(self.epoch), self.num_samples, self.num_replicas
+        while self.samples_served < n:
+            start, size = self.samples_served, self.global_batch_size()
+            stop = min(start + size, n)
+            piece = (stop - start) // replicas  # == size // replicas except for the epoch's last batch
+            if piece == 0 or (self.drop_last and stop - start < size):
+                break
+            self.samples_served = stop
+            first = start + self.rank * piece
+            yield order[first:first + piece]
+        self.epoch, self.samples_served = self.epoch + 1, 0
 
     def __len__(self) -> int:
-        size = self.read_size()
-        return self.num_samples // size if self.drop_last else math.ceil(self.num_samples / size)
+        size, n = self.global_batch_size(), self.num_samples
+        last = n % size
+        return n // size + int(bool(last) and not self.drop_last and last >= self.num_replicas)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "samples_served": s}``: the next batch starts at position s of epoch e's order."""
+        return {"epoch": self.epoch, "samples_served": self.samples_served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at the position saved by ``state_dict()`` (the same seed, N and shuffle are assumed)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"sampler state is a {type(state).__name__}: expected the dict of "
+                            f"StrategyBatchSampler.state_dict(), e.g. {{'epoch': 3, 'samples_served': 512}}")
+        if set(state) != {"epoch", "samples_served"}:
+            raise ValueError(f"sampler state has keys {sorted(state)}: expected ['epoch', 'samples_served'] from "
+                             f"StrategyBatchSampler.state_dict()")
+        epoch = check_int("state['epoch']", state["epoch"], low=0)
+        served = check_int("state['samples_served']", state["samples_served"], low=0, high=self.num_samples)
+        self.epoch, self.samples_served = epoch, served
+
+    def __repr__(self) -> str:
+        return (f"StrategyBatchSampler(num_samples={self.num_samples}, shuffle={self.shuffle}, seed={self.seed}, "
+                f"drop_last={self.drop_last}, num_replicas={self.num_replicas}, rank={self.rank}, "
+                f"epoch={self.epoch}, samples_served={self.samples_served})")
+
+
+def _replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """(num_replicas, rank) checked; a None is read from ``torch.distributed`` if initialised, else 1 or 0."""
+    dist = torch.distributed
+    if (num_replicas is None or rank is None) and dist.is_available() and dist.is_initialized():
+        num_replicas = dist.get_world_size() if num_replicas is None else num_replicas
+        rank = dist.get_rank() if rank is None else rank
+    num_replicas = check_int("num_replicas", 1 if num_replicas is None else num_replicas, low=1)
+    rank = check_int("rank", 0 if rank is None else rank, low=0)
+    if rank >= num_replicas:
+        raise ValueError(f"rank={rank} is out of range for num_replicas={num_replicas}: expected a rank in "
+                         f"[0, {num_replicas - 1}]")
+    return num_replicas, rank
+
+
+class StrategyBatches(IterableDataset):
+    """Batches of the current size from a stream of samples, for ``DataLoader(StrategyBatches(...),
+    batch_size=None)`` or a plain loop.
+
+    ``iterable`` yields samples (re-iterable for several epochs, e.g. an ``IterableDataset``); the size is
+    read from ``strategy_or_size`` before each batch; each batch is a list, or ``collate_fn(list)`` (e.g.
+    ``torch.utils.data.default_collate``). The last batch is shorter, or skipped with ``drop_last``.
+    Read the size in the process that steps the strategy: with DataLoader workers each worker holds a copy
+    of the strategy, which never changes, so use ``num_workers=0``.
+    """
+
+    def __init__(self, iterable, strategy_or_size: Any, collate_fn: Callable[[list], Any] | None = None,
+                 drop_last: bool = False):
+        super().__init__()
+        self.iterable, self.read_size = iterable, batch_size_reader(strategy_or_size)
+        self.collate_fn, self.drop_last = collate_fn, bool(drop_last)
+
+    def __iter__(self) -> Iterator[Any]:
+        samples = iter(self.iterable)
+        while True:
+            size = self.read_size()
+            batch = list(itertools.islice(samples, size))
+            if not batch or (self.drop_last and len(batch) < size):
+                return
+            yield batch if self.collate_fn is None else self.collate_fn(batch)
 
 
 def batch_size_reader(source: Any) -> Callable[[], int]:
