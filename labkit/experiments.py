@@ -158,7 +158,7 @@ def finished(folder: Path, epochs: int) -> bool:
     if not history.exists():
         return False
     rows = read_history(history)
-    return len(rows) >= epochs or (len(rows) > 0 and str(rows.reason.iloc[-1]).startswith("stopped:"))
+    return len(rows) >= epochs or stopped(rows)
 
 
 def read_history(path: str | Path) -> pd.DataFrame:
@@ -201,10 +201,18 @@ def load_histories(out: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+STOPPED = "stopped:"     # how fit's last history row begins when a run stopped itself (dead or diverged)
+
+
+def stopped(history: pd.DataFrame) -> bool:
+    """True when one run's history ends in a row that ``fit`` wrote as it stopped the run."""
+    return len(history) > 0 and str(history.sort_values("epoch").reason.iloc[-1]).startswith(STOPPED)
+
+
 def failed(histories: pd.DataFrame) -> pd.Series:
     """Per (run, seed): True when the run stopped itself, dead (at chance) or diverged (NaN loss)."""
     reasons = histories.sort_values("epoch").groupby(["run", "seed"]).reason.last().astype(str)
-    return reasons.str.startswith("stopped:")
+    return reasons.str.startswith(STOPPED)
 
 
 def summary(out: str | Path, target: float | None = None) -> pd.DataFrame:
@@ -296,7 +304,7 @@ def tune_table(out: str | Path) -> pd.DataFrame:
         h = read_history(path)
         rows.append(dict(label=path.parent.parent.name, lr=float(path.parent.name.removeprefix("lr=")),
                          val_acc=h.test_acc.iloc[-1], best_val_acc=h.test_acc.max(), val_loss=h.test_loss.iloc[-1],
-                         epochs=int(h.epoch.iloc[-1]), failed=str(h.reason.iloc[-1]).startswith("stopped:")))
+                         epochs=int(h.epoch.iloc[-1]), failed=stopped(h)))
     if not rows:
         raise FileNotFoundError(f"no */lr=*/history.csv under {out}: run labkit tune there first")
     return pd.DataFrame(rows).sort_values(["label", "lr"], ignore_index=True)

@@ -9,21 +9,22 @@ A subclass writes ``data()``, ``to_html()`` and ``_build_widget()``; the rest li
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 
-class Panel:
+class Panel(ABC):
     """Display plumbing shared by ``TrajectoryPanel`` and ``NoisePanel``."""
 
     _widget = None   # the live view, built on first use
 
+    @abstractmethod
     def to_html(self) -> str:
         """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _build_widget(self):
         """The live ipywidgets view (an ``ipywidgets.VBox``)."""
-        raise NotImplementedError
 
     def widget(self):
         """The live ipywidgets view (built once, on first use)."""
