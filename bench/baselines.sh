@@ -10,7 +10,8 @@
 # over the share of training samples seen, LR scaled by sqrt(B / b_init) as the batch changes, bf16 on CUDA.
 # CIFAR-10 also: random crop (4 px) and flip on the GPU, label smoothing 0.1. Tuning trials train on 90% of
 # the training set and are scored on the other 10% (never the test split). Each fixed batch and each
-# adaptive strategy gets the same tuning budget: 5 peak LRs, x2 apart.
+# adaptive strategy gets the same tuning budget: 5 peak LRs, x2 apart, widened by one LR at a time (up to 2)
+# wherever the best sits at an end of its grid.
 set -euo pipefail
 step=${1:?usage: baselines.sh tune|sweep DATASET}
 dataset=${2:?usage: baselines.sh tune|sweep DATASET}
@@ -43,11 +44,11 @@ fixed=(fixed:b_init=64 fixed:b_init=256 fixed:b_init=1024)
 
 case $step in
   tune)   # one grid per starting batch: x2 apart, centred where the linear scaling rule puts it
-    labkit tune "${common[@]}" --jobs "$JOBS" --no-progress --out "$out/tune" \
+    labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.0125 0.025 0.05 0.1 0.2 --runs fixed:b_init=64 "${adaptive[@]}"
-    labkit tune "${common[@]}" --jobs "$JOBS" --no-progress --out "$out/tune" \
+    labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=256
-    labkit tune "${common[@]}" --jobs "$JOBS" --no-progress --out "$out/tune" \
+    labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.05 0.1 0.2 0.4 0.8 --runs fixed:b_init=1024 ;;
   sweep)
     labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \

@@ -87,6 +87,8 @@ def build_parser() -> Parser:
     tune.add_argument("--lrs", nargs="+", type=float, help="the LR grid (default: 5 values ×2 apart around --lr)")
     tune.add_argument("--jobs", type=int, default=1, help="trials trained at once in separate processes (their "
                       "times are then not comparable; tuning reports none; --stop-after needs --jobs 1)")
+    tune.add_argument("--widen", type=int, default=0, metavar="ROUNDS", help="up to ROUNDS extra rounds that each "
+                      "add one LR past a run's grid wherever its best LR is the smallest or largest tried")
 
     find = commands.add_parser("find-batch", help="recommend a batch size and learning rate before training",
                                description="Finds the largest batch that fits, the gradient noise scale B_simple "

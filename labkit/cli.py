@@ -124,9 +124,12 @@ def _tune(args: argparse.Namespace) -> int:
     lrs = args.lrs or log_grid(args.lr)
     if len(lrs) < 2:
         raise ValueError(f"--lrs {' '.join(map(str, lrs))}: give at least two learning rates, all > 0")
+    if args.widen < 0:
+        raise ValueError(f"--widen {args.widen}: give a number of extra rounds ≥ 0")
     config = run_config(args)
     table = tune(config, args.runs, lrs, args.out, validation=args.validation, jobs=args.jobs,
-                 progress=not args.no_progress, stop_after=args.stop_after, restart_broken=args.restart_broken)
+                 progress=not args.no_progress, stop_after=args.stop_after, restart_broken=args.restart_broken,
+                 widen=args.widen)
     print(table.round(4).to_string(index=False))
     print(f"chosen (best final validation accuracy): {chosen_lrs(table)}; wrote {args.out}/tune.csv, chosen.json")
     return 0

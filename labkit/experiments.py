@@ -254,7 +254,7 @@ def log_grid(center: float, points: int = 5, factor: float = 2.0) -> list[float]
 
 def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, validation: float = 0.1,
          jobs: int = 1, progress: bool = True, stop_after: float | None = None,
-         restart_broken: bool = False) -> pd.DataFrame:
+         restart_broken: bool = False, widen: int = 0) -> pd.DataFrame:
     """The honest-baseline protocol's first half: each run spec at each peak LR of ``lrs``, trained with
     ``base``'s schedule and epoch budget on the training set less a held-out share ``validation``, and
     scored on that held-out share (``TrainConfig.validation``; the test split is never evaluated).
@@ -264,25 +264,41 @@ def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, 
     not comparable and are not reported. Writes ``OUT/tune.csv`` (every trial: final and best validation
     accuracy, final validation loss, failed) and ``OUT/chosen.json`` ({label: best lr by final validation
     accuracy among the live trials}); returns the trial table. ``restart_broken`` as in ``sweep``.
+
+    ``widen`` > 0: up to that many extra rounds, each adding one LR past every open end of a run's grid
+    (``open_edges``), so no chosen LR is the best only because the grid stopped there.
     """
     if validation <= 0:
         raise ValueError(f"validation={validation:g}: tuning needs a held-out share of the training set in (0, 1)")
     out = Path(out)
-    trials = [(out / label / f"lr={lr:g}", replace(base, strategy=name, strategy_params=params, lr=lr,
-                                                   validation=validation, seed=base.seed))
-              for label, name, params in (parse_run(spec) for spec in runs) for lr in lrs]
-    todo = [(config, folder, progress and jobs == 1, restart_broken) for folder, config in trials
-            if not _finished(folder, base.epochs, restart_broken)]
-    if todo and jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_run_args, todo))
-    else:
+    specs = {label: (name, params) for label, name, params in (parse_run(spec) for spec in runs)}
+
+    def train(grid: dict[str, list[float]]) -> bool:
+        trials = [(out / label / f"lr={lr:g}", replace(base, strategy=specs[label][0], strategy_params=specs[label][1],
+                                                       lr=lr, validation=validation, seed=base.seed))
+                  for label, lrs_of in grid.items() for lr in lrs_of]
+        todo = [(config, folder, progress and jobs == 1, restart_broken) for folder, config in trials
+                if not _finished(folder, base.epochs, restart_broken)]
+        if todo and jobs > 1:
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                list(pool.map(_run_args, todo))
+            return True
         start = time.perf_counter()
         for i, args in enumerate(todo):
             if stop_after is not None and time.perf_counter() - start > stop_after:
                 print(f"stopped after {stop_after:g} s with {len(todo) - i} trials left: run the same command again")
-                break
+                return False
             _run_args(args)
+        return True
+
+    complete = train({label: list(lrs) for label in specs})
+    for _ in range(widen if complete else 0):
+        edges = {label: [lr] for label, lr in open_edges(tune_table(out)).items() if label in specs}
+        if not edges:
+            break
+        print("widening the grid at its open ends: " + ", ".join(f"{k} lr={v[0]:g}" for k, v in edges.items()))
+        if not train(edges):
+            break
     table = tune_table(out)
     chosen = chosen_lrs(table)
     with atomic_path(out / "tune.csv") as partial:
@@ -315,6 +331,21 @@ def chosen_lrs(table: pd.DataFrame) -> dict[str, float]:
     all failed is left out. A best lr at either end of the grid is worth a wider grid (the book says so)."""
     live = table[~table.failed]
     return {label: float(rows.lr.loc[rows.val_acc.idxmax()]) for label, rows in live.groupby("label")}
+
+
+def open_edges(table: pd.DataFrame) -> dict[str, float]:
+    """{label: the next LR to try} for each label whose chosen LR (``chosen_lrs``) is the smallest or the
+    largest it tried: chosen / r or chosen × r, with r the smallest ratio between its neighbouring LRs
+    (2 for a ×2 grid). A label that tried a single LR steps by r = 2."""
+    edges = {}
+    for label, best in chosen_lrs(table).items():
+        tried = sorted(table.lr[table.label == label])
+        ratio = min((b / a for a, b in zip(tried, tried[1:])), default=2.0)
+        if best == tried[-1]:
+            edges[label] = round(best * ratio, 10)
+        elif best == tried[0]:
+            edges[label] = round(best / ratio, 10)
+    return edges
 
 
 def provenance_counts(configs: list[str | Path]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from labkit import train as train_module
 from labkit.cli import main
 from labkit.data import load
 from labkit.comparison import reach_ratios
-from labkit.experiments import chosen_lrs, log_grid, summary, sweep, tune
+from labkit.experiments import chosen_lrs, log_grid, open_edges, summary, sweep, tune
 from labkit.lr_schedules import lr_factor
 from labkit.train import DeadRun, TrainConfig, fit
 
@@ -142,6 +142,25 @@ def test_chosen_lrs_skip_failed_trials_and_log_grid_is_log_spaced():
     assert chosen_lrs(table) == {"a": 0.2}
     grid = log_grid(0.1)
     assert grid == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4])
+
+
+def test_open_edges_step_past_a_best_lr_at_either_end_of_its_own_grid():
+    table = pd.DataFrame(dict(label=["hi"] * 3 + ["lo"] * 3 + ["mid"] * 3 + ["hi3"] * 2,
+                              lr=[0.1, 0.2, 0.4, 0.1, 0.2, 0.4, 0.1, 0.2, 0.4, 0.1, 0.3],
+                              val_acc=[0.5, 0.6, 0.7, 0.9, 0.6, 0.5, 0.5, 0.9, 0.5, 0.5, 0.6],
+                              failed=[False] * 11))
+    assert open_edges(table) == {"hi": 0.8, "lo": 0.05, "hi3": pytest.approx(0.9)}
+    table.loc[(table.label == "mid") & (table.lr == 0.4), "failed"] = True
+    assert "mid" not in open_edges(table)                            # a failed top end is a closed end
+
+
+def test_tune_widen_adds_lrs_until_the_best_is_inside_the_grid(tmp_path, capsys):
+    table = tune(BASE, ["fixed:b_init=32"], [0.016, 0.032], tmp_path, validation=0.2, progress=False, widen=5)
+    lrs = sorted(table.lr)
+    assert 2 < len(lrs) < 7                              # 0.032 is too small: it grew, and stopped early
+    assert lrs == pytest.approx([0.016 * 2 ** k for k in range(len(lrs))])   # upward, ×2 at a time
+    assert chosen_lrs(table)["fixed-b_init=32"] < lrs[-1]          # the best LR is now inside the grid
+    assert "widening the grid" in capsys.readouterr().out
 
 
 def test_cli_sweep_tuned_without_chosen_json_is_one_line(tmp_path, capsys):
