@@ -43,15 +43,18 @@ def first_reach(histories: pd.DataFrame, target: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "seed", "reached", "epoch", "wall_time_s", "steps", "samples"])
 
 
-def reach_ratios(histories: pd.DataFrame, reference: str, target: float | None = None) -> pd.DataFrame:
+def reach_ratios(histories: pd.DataFrame, reference: str, target: float | None = None,
+                 min_seeds: int | None = None) -> pd.DataFrame:
     """How fast each run gets where ``reference`` ends: per run, the time to first reach ``target`` (default:
     the reference's mean final accuracy over its seeds) divided by the reference's mean total time,
 
         ratio = mean over seeds of t(first epoch with test_acc ≥ target) / mean over seeds of t_reference
 
     (the P4/P4b ratios of the lab; < 1: faster than the reference). ``reached`` counts the seeds that got
-    there; the mean time is over those seeds, and ``ratio`` is nan unless every seed reached the target.
-    Failed (dead or diverged) seeds are left out. Sorted by ratio, unreached runs last."""
+    there; the mean time is over those seeds, and ``ratio`` is nan unless every seed reached the target and
+    the run has at least ``min_seeds`` live seeds (default: as many as the reference), so a run with seeds
+    missing or dead cannot win on the ones left. Failed (dead or diverged) seeds are left out. Sorted by
+    ratio, unreached runs last."""
     dead = failed(histories)
     live = histories[~histories.set_index(["run", "seed"]).index.map(lambda key: bool(dead.get(key, False)))]
     ends = live.sort_values("epoch").groupby(["run", "seed"]).last()
@@ -60,12 +63,14 @@ def reach_ratios(histories: pd.DataFrame, reference: str, target: float | None =
                          f"{', '.join(sorted(set(ends.index.get_level_values('run'))))}")
     target = float(ends.loc[reference].test_acc.mean()) if target is None else target
     reference_time = float(ends.loc[reference].wall_time_s.mean())
+    min_seeds = len(ends.loc[reference]) if min_seeds is None else min_seeds
     reach = first_reach(live, target)
     rows = []
     for run, r in reach.groupby("run"):
         rows.append(dict(run=run, target=target, seeds=len(r), reached=int(r.reached.sum()),
                          time_s=r.wall_time_s.mean(), reference_time_s=reference_time,
-                         ratio=r.wall_time_s.mean() / reference_time if r.reached.all() else math.nan))
+                         ratio=r.wall_time_s.mean() / reference_time
+                         if r.reached.all() and len(r) >= min_seeds else math.nan))
     return pd.DataFrame(rows).sort_values(["ratio", "reached"], ascending=[True, False], ignore_index=True)
 
 

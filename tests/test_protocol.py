@@ -185,9 +185,11 @@ def test_reach_ratios_by_hand():
     # target: the reference's mean final accuracy (0.875 + 0.625) / 2 = 0.75; its mean time (30 + 40) / 2 = 35
     assert table.target.iloc[0] == 0.75
     assert table.loc["fast", "ratio"] == pytest.approx((5 + 8) / 2 / 35)
-    assert table.loc["slow", "seeds"] == 1 and table.loc["slow", "ratio"] == pytest.approx(50 / 35)  # dead seed out
+    assert table.loc["slow", "seeds"] == 1 and math.isnan(table.loc["slow", "ratio"])  # 1 live seed of 2: no ratio
+    lenient = reach_ratios(histories, "ref", min_seeds=1).set_index("run")
+    assert lenient.loc["slow", "ratio"] == pytest.approx(50 / 35)                 # its dead seed is left out
     assert table.loc["ref", "reached"] == 1 and math.isnan(table.loc["ref", "ratio"])
     assert table.loc["never", "reached"] == 0 and math.isnan(table.loc["never", "ratio"])
-    assert list(table.index[:2]) == ["fast", "slow"]
+    assert list(table.index[:1]) == ["fast"] and list(lenient.index[:2]) == ["fast", "slow"]
     with pytest.raises(ValueError, match="reference='nope'"):
         reach_ratios(histories, "nope")
