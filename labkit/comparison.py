@@ -162,8 +162,9 @@ def gap_in_std(table: pd.DataFrame, a: str, b: str, mean: str, std: str) -> tupl
 
 
 def leaders(table: pd.DataFrame, mean: str, std: str, higher: bool = True) -> tuple[str, list[str]]:
-    """The best row by ``mean`` and the rows within noise of it (a gap below the larger of the two stds)."""
-    order = table[mean].dropna().sort_values(ascending=not higher)
+    """The best row by ``mean`` and the rows within noise of it (a gap below the larger of the two stds).
+    Rows without a std (fewer than two seeds) take no part: one seed cannot lead or tie."""
+    order = table[mean][table[std].notna()].dropna().sort_values(ascending=not higher)
     best = order.index[0]
     tied = [run for run in order.index[1:]
             if abs(order[run] - order[best]) < max(table.at[best, std], table.at[run, std])]
@@ -213,6 +214,58 @@ def reach_verdict(histories: pd.DataFrame, reference: str, goal: float, name: st
         return f"{head}: {short_label(best.run)} at {best.ratio:.2f} ({verdict}, goal ≤ {goal:g})"
     seeds = f"{int(adaptive.reached.sum())} of {int(adaptive.seeds.sum())} adaptive seeds"
     return f"{head}: not reached, {seeds} (goal ≤ {goal:g})"
+
+
+def lab_goals(histories: pd.DataFrame, start: str = "fixed-b_init=64", p4: float = 0.20,
+              p4b: float = 0.85) -> list[str]:
+    """The lab's two goals as ``reach_verdict`` lines, then the best tuned fixed batch: **P4** against
+    ``start`` (the fixed batch every adaptive run starts from), **P4b** against the fixed run (label
+    'fixed…') with the highest mean final accuracy over its live seeds."""
+    table = comparison_table(histories)
+    fixed = table[table.index.str.startswith("fixed")]
+    if fixed.empty:
+        raise ValueError("no run labelled 'fixed…' in these histories: P4b needs a fixed batch to compare with")
+    best = fixed.acc.idxmax()
+    return [reach_verdict(histories, start, goal=p4, name="P4"),
+            reach_verdict(histories, best, goal=p4b, name="P4b"),
+            f"best tuned fixed batch: {short_label(best)}, {fixed.at[best, 'acc']:.4f} ± {fixed.at[best, 'acc ±']:.4f}"]
+
+
+def verdict(histories: pd.DataFrame, target: float, start: str = "fixed-b_init=64"
+            ) -> tuple[dict[str, str], list[str]]:
+    """The Conclusions chapter's reading of one tuned comparison: ({accuracy, time, cost / energy, caveat}
+    for the "which method wins" table, the lines that justify it). Accuracy: ``leaders`` on the final
+    accuracy; time and energy: among the runs whose every seed reaches ``target``, the first to it and the
+    one using least GPU energy; caveat: how many adaptive runs beat the best fixed batch beyond the noise,
+    P4/P4b (``lab_goals``), and the runs with fewer seeds than the most (they take no part in leading)."""
+    table = comparison_table(histories, [target]).rename(index=short_label)
+    to, spread, reached = f"to {target:g} s", f"to {target:g} ±", f"reached {target:g}"
+    fixed = table[table.index.str.startswith("fixed")]
+    adaptive = table.drop(index=fixed.index)
+    base = fixed.acc.idxmax()
+    best, tied = leaders(table, "acc", "acc ±")
+    standing = against(separations(histories.assign(run=histories.run.map(short_label))), base)
+    standing = standing.reindex(adaptive.index)
+    full = table[(table[reached] == table.seeds) & (table.seeds > 1)]
+    goals = lab_goals(histories, start)
+    few = table.index[table.seeds < table.seeds.max()].tolist()
+    lines = [f"most accurate: {with_ties(best, tied)}, {table.at[best, 'acc']:.4f}",
+             f"adaptive runs against {base}:", *(f"  {run}: {s}" for run, s in standing.items())]
+    result = dict(accuracy=with_ties(best, tied), time=f"no run reaches {target:g} in every seed",
+                  **{"cost / energy": "-"})
+    if len(full):
+        fast, fast_tied = leaders(full, to, spread, higher=False)
+        result["time"] = f"to {target:g}: " + with_ties(fast, fast_tied)
+        lines.append(f"first to {target:g} (every seed): {with_ties(fast, fast_tied)}, {full.at[fast, to]:.1f} s")
+        if full["energy kJ"].notna().any():
+            lean = full["energy kJ"].idxmin()
+            result["cost / energy"] = f"least energy reaching {target:g}: {lean}"
+            lines.append(f"least energy among the runs reaching {target:g}: {lean}, {full.at[lean, 'energy kJ']:.1f} kJ")
+    lines += goals[:2]
+    reached_goals = "P4 and P4b not reached" if all("not reached" in g for g in goals[:2]) else "P4/P4b: see above"
+    result["caveat"] = (f"{int((standing == 'above').sum())} of {len(adaptive)} adaptive runs above {base} beyond "
+                        f"the noise; {reached_goals}" + (f"; fewer seeds: {', '.join(few)}" if few else ""))
+    return result, lines
 
 
 def tuning_grid(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from labkit.comparison import (against, comparison_table, epoch_means, gap_in_std, leaders, reach_verdict,
+from labkit.comparison import (against, comparison_table, epoch_means, gap_in_std, lab_goals, leaders, reach_verdict, verdict,
                                separable, separations, short_label, tuning_grid)
 from labkit.experiments import portable_command
 
@@ -107,6 +107,34 @@ def test_reach_verdict():
     line = reach_verdict(h, "fixed-b_init=8", goal=0.5)
     assert line == "ratio vs fixed 8 (target 0.8000): linear 8+8→32 at 0.42 (met, goal ≤ 0.5)"
     assert "missed" in reach_verdict(h, "fixed-b_init=8", goal=0.4)
+
+
+def test_lab_goals_pick_the_most_accurate_fixed_run_for_p4b():
+    h = histories()
+    wide = h[h.run == "fixed-b_init=8"].assign(run="fixed-b_init=32", test_acc=lambda d: d.test_acc - 0.1)
+    p4, p4b, best = lab_goals(pd.concat([h, wide]), start="fixed-b_init=32", p4=0.5, p4b=0.2)
+    # fixed 32 ends at 0.75: both live linear seeds pass it at 5 s (0.7 at 5 s is below, 0.85 / 0.75 at
+    # 10 s): mean 10 s over fixed 32's 30 s = 0.33
+    assert p4 == "P4 vs fixed 32 (target 0.7500): linear 8+8→32 at 0.33 (met, goal ≤ 0.5)"
+    assert p4b == reach_verdict(h, "fixed-b_init=8", goal=0.2, name="P4b")     # fixed 8 (0.85) beats 32
+    assert best == "best tuned fixed batch: fixed 8, 0.8500 ± 0.0707"
+    with pytest.raises(ValueError, match="no run labelled 'fixed"):
+        lab_goals(h[h.run != "fixed-b_init=8"])
+
+
+def test_verdict_reads_a_comparison_and_a_single_seed_never_leads():
+    h = histories()
+    lucky = h[(h.run == "fixed-b_init=8") & (h.seed == 0)].assign(run="exponential-b_init=8-a=2-max_batch=32",
+                                                                   test_acc=0.99)
+    result, lines = verdict(pd.concat([h, lucky]), target=0.8, start="fixed-b_init=8")
+    # linear 0.86 ± 0.028 vs fixed 0.85 ± 0.071: tied; the one-seed 0.99 takes no part
+    assert result["accuracy"] == "linear 8+8→32 (tied within noise: fixed 8)"
+    # to 0.8: linear (10 + 15) / 2 = 12.5 s ± 3.5, fixed (20 + 30) / 2 = 25 s ± 7.1: a gap of 12.5 > 7.1
+    assert result["time"] == "to 0.8: linear 8+8→32 (ahead by more than the seed std)"
+    assert "first to 0.8 (every seed): linear 8+8→32 (ahead by more than the seed std), 12.5 s" in lines
+    assert result["caveat"].startswith("0 of 2 adaptive runs above fixed 8 beyond the noise")
+    assert result["caveat"].endswith("fewer seeds: exponential 8×2→32")
+    assert "  linear 8+8→32: cannot separate" in lines
 
 
 def test_tuning_grid():
