@@ -32,7 +32,7 @@ STRATEGY_FLAGS = {   # flag → (type, help); passed to labkit.strategies.build 
     "warmup": (int, "progressive: steps of the warm-up"),
     "target": (_number, "progressive: batch size at the end of the warm-up; memory: the share of memory "
                         "aimed at, e.g. 0.8"),
-    "milestones": (str, "epoch: 'EPOCH:BATCH,...', e.g. 5:128,10:256"),
+    "milestones": (str, "epoch: 'EPOCH>BATCH;...', e.g. '5>128;10>256' (quoted), as in run specs"),
     "low": (float, "confidence: grow below this normalised entropy; memory: grow below this memory share"),
     "high": (float, "confidence: shrink above this normalised entropy; memory: shrink above this share"),
     "scale": (float, "gns: target = scale · B_simple"),
@@ -283,11 +283,3 @@ def check_runs(specs: list[str]) -> None:
             build(name, **params)
         except (TypeError, ValueError) as error:                     # name the spec if the message does not
             raise ValueError(str(error) if spec in str(error) else f"--runs {spec!r}: {error}") from None
-
-
-def parse_milestones(text: str) -> dict[int, int]:
-    """'5:128,10:256' → {5: 128, 10: 256}."""
-    try:
-        return {int(e): int(b) for e, b in (item.split(":") for item in text.split(",") if item)}
-    except ValueError:
-        raise ValueError(f"milestones={text!r} is not allowed: expected EPOCH:BATCH pairs like 5:128,10:256") from None

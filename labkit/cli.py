@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from labkit.arguments import (STRATEGY_FLAGS, build_parser, check_numbers, check_out, check_runs,
-                              parse_milestones, run_config)
+from labkit.arguments import STRATEGY_FLAGS, build_parser, check_numbers, check_out, check_runs, run_config
+from labkit.strategies.schedules import parse_milestones
 
 
 # -- running a command: one line for every way it can end early ------------------------------------------
@@ -64,14 +64,20 @@ def _one_line(command: str, error: Exception) -> tuple[int, str]:
                f"for the traceback)")
 
 
+def _strategy_params(args: argparse.Namespace) -> dict:
+    """The strategy flags given on the command line, as ``labkit.strategies.build`` takes them."""
+    params = {name: getattr(args, name) for name in STRATEGY_FLAGS if hasattr(args, name)}
+    if "milestones" in params:
+        params["milestones"] = parse_milestones(params["milestones"])
+    return params
+
+
 def _train(args: argparse.Namespace) -> int:
     from labkit.plots import plot_history
     from labkit.strategies import build
     from labkit.train import fit
 
-    params = {name: getattr(args, name) for name in STRATEGY_FLAGS if hasattr(args, name)}
-    if "milestones" in params:
-        params["milestones"] = parse_milestones(params["milestones"])
+    params = _strategy_params(args)
     build(args.strategy, **params)                                   # check the parameters before any work
     config = run_config(args, args.strategy, params)
     history = fit(config, args.out, resume=args.resume, progress=not args.no_progress)

@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from labkit.runtime import atomic_path
+from labkit.strategies.schedules import parse_milestones
 from labkit.train import BrokenRun, Diverged, TrainConfig, fit
 
 
@@ -70,11 +71,7 @@ def check_label(label: str, spec: str | None = None) -> str:
 
 def _value(key: str, text: str):
     if key == "milestones":
-        try:
-            return {int(e): int(b) for e, b in (pair.split(">") for pair in text.split(";") if pair)}
-        except ValueError:
-            raise ValueError(f"milestones={text!r} is not allowed: expected EPOCH>BATCH pairs joined by ';', "
-                             f"e.g. milestones=5>128;10>256") from None
+        return parse_milestones(text)
     for kind in (int, float):
         try:
             return kind(text)

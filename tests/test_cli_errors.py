@@ -38,7 +38,8 @@ BAD_ARGUMENTS = [   # (arguments, words the line must hold); each ends with exit
     ([*TRAIN, "--strategy", "warp"], "invalid choice: 'warp'"),
     ([*TRAIN, "--strategy", "linear", "--alpha", "0.5"], "takes no parameter 'alpha'"),
     ([*TRAIN, "--strategy", "epoch", "--milestones", "5-128"], "milestones='5-128'"),
-    ([*TRAIN, "--strategy", "epoch", "--milestones", "5:x"], "milestones='5:x'"),
+    ([*TRAIN, "--strategy", "epoch", "--milestones", "5:128,10:256"], "expected EPOCH>BATCH pairs joined by ';'"),
+    ([*TRAIN, "--strategy", "epoch", "--milestones", "5>x"], "milestones='5>x'"),
     ([*TRAIN, "--b-init", "0"], "b_init=0"),
     ([*TRAIN, "--strategy", "loss", "--alpha", "2"], "alpha=2"),
     # train: the device

@@ -81,6 +81,18 @@ def test_epoch_milestones_and_explicit_epoch():
     assert s.step(epoch=1) == 32      # jumping back to an earlier epoch follows the table
 
 
+def test_one_milestone_syntax_for_the_cli_and_run_specs():
+    from labkit.arguments import build_parser
+    from labkit.cli import _strategy_params
+    from labkit.experiments import parse_run
+    from labkit.strategies.schedules import parse_milestones
+
+    assert parse_milestones("5>128;10>256") == {5: 128, 10: 256} == parse_milestones("10>256;5>128;")
+    assert parse_run("epoch:milestones=5>128;10>256")[2]["milestones"] == {5: 128, 10: 256}
+    args = build_parser().parse_args(["train", "--out", "x", "--strategy", "epoch", "--milestones", "5>128;10>256"])
+    assert _strategy_params(args)["milestones"] == {5: 128, 10: 256}
+
+
 @pytest.mark.parametrize("name,params", [
     ("fixed", {}), ("linear", {"a": 24}), ("exponential", {"a": 1.5}),
     ("cyclical", {"period": 5, "mode": "cosine"}), ("progressive", {"warmup": 7, "change": "exponential"}),

@@ -156,6 +156,16 @@ class Progressive(Schedule):
         return f"{self.change} warm-up to {self.target} over {self.warmup}"
 
 
+def parse_milestones(text: str) -> dict[int, int]:
+    """The one written form of epoch milestones, on the command line and in run specs alike:
+    '5>128;10>256' → {5: 128, 10: 256} (EPOCH>BATCH pairs joined by ';'; quote it in a shell)."""
+    try:
+        return {int(e): int(b) for e, b in (pair.split(">") for pair in text.split(";") if pair)}
+    except ValueError:
+        raise ValueError(f"milestones={text!r} is not allowed: expected EPOCH>BATCH pairs joined by ';', "
+                         f"e.g. '5>128;10>256'") from None
+
+
 class EpochBased(Schedule):
     """Milestones, like ``MultiStepLR``: B = milestones[m] for the largest milestone m ≤ epoch.
 
