@@ -13,6 +13,8 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+# The checkout this copy of labkit runs from: for its git commit and the committed results/ the chapters read.
+# Never for data, which an installed copy would then look for beside site-packages (see labkit.data.data_root).
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -9,8 +9,10 @@
 
 The SMS Spam Collection (Almeida, Gómez Hidalgo and Yamakami 2011, UCI) holds 5574 messages, 4827 ham and
 747 spam, as ``label<TAB>text`` lines without a header, in ``sms-spam/SMSSpamCollection`` under
-``labkit.data.data_root()``. It is split into train and test per class (stratified, seeded), so both keep
-the 13.4 % share of spam.
+``labkit.data.data_root()``. When the root is the cache (neither ``root=`` nor ``LABKIT_DATA`` given) and
+the file is missing, ``load`` downloads the UCI zip (``SMS_URL``), checks the extracted file's sha256
+(``SMS_SHA256``) and keeps it there; an explicit root is never written to. It is split into train and test
+per class (stratified, seeded), so both keep the 13.4 % share of spam.
 
 Tokens are words: the lower-cased text cut by the regex ``TOKEN`` into runs of letters and digits (with an
 optional ``'s``-style suffix) and single punctuation marks or symbols, so "£1.50!" gives £ 1 . 50 !. The
@@ -19,16 +21,21 @@ only in the test set, maps to ``UNK``. Chapter: Sequence-length batching.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
+import urllib.request
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from labkit.checks import check_float, check_int
-from labkit.data import data_root
+from labkit.data import cache_dir, data_root
 
 PAD, UNK = 0, 1  # reserved token ids: padding (ignored by the models), a word outside the vocabulary
 TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # a word (digits count) or one punctuation mark / symbol
@@ -146,15 +153,51 @@ def pad(sequences: list[torch.Tensor], width: int | None = None) -> torch.Tensor
 
 # -- datasets -------------------------------------------------------------------------------------------
 SMS_FILE = "sms-spam/SMSSpamCollection"
+SMS_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"  # UCI dataset 228
+# sha256 of the zip's member SMSSpamCollection (477907 bytes, md5 1949b64a…, ../shared/datasets/SOURCES.md)
+SMS_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
+
+
+def fetch(url: str) -> bytes:
+    """The bytes at ``url`` (an HTTP GET, 60 s timeout). Tests replace it: nothing else touches the network."""
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
+
+
+def download_sms(folder) -> Path:
+    """Download the UCI zip, extract ``SMSSpamCollection`` into ``folder/sms-spam/`` (atomically) after
+    checking its sha256, and return its path. Any failure is one ``RuntimeError`` that gives the URL."""
+    path = Path(folder) / SMS_FILE
+    by_hand = (f"download {SMS_URL} yourself, unzip its SMSSpamCollection into {path.parent}, or set "
+               f"LABKIT_DATA to a folder that holds {SMS_FILE}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(fetch(SMS_URL))) as archive:
+            content = archive.read("SMSSpamCollection")
+    except (OSError, zipfile.BadZipFile, KeyError) as error:  # URLError and timeouts are OSErrors
+        raise RuntimeError(f"dataset 'sms-spam': the download of {SMS_URL} failed ({error}); {by_hand}") from None
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != SMS_SHA256:
+        raise RuntimeError(f"dataset 'sms-spam': SMSSpamCollection from {SMS_URL} has sha256 {digest}, expected "
+                           f"{SMS_SHA256} (a changed or damaged file); {by_hand}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_bytes(content)
+    partial.replace(path)  # atomic: a parallel reader never sees half a file
+    return path
 
 
 def read_sms(root) -> tuple[list[str], list[str]]:
-    """(labels, messages) from the UCI file: one ``label<TAB>text`` per line; quotes are plain characters."""
-    path = data_root(root) / SMS_FILE
+    """(labels, messages) from the UCI file: one ``label<TAB>text`` per line; quotes are plain characters.
+    Downloaded into the cache when missing there (``download_sms``)."""
+    folder = data_root(root)
+    path = folder / SMS_FILE
+    if not path.exists() and folder == cache_dir():
+        download_sms(folder)
     if not path.exists():
         raise FileNotFoundError(
             f"dataset 'sms-spam': {path} not found; expected the UCI file SMSSpamCollection (label<TAB>text "
-            f"lines) in {path.parent}. Pass root= or set LABKIT_DATA to a folder that holds {SMS_FILE}")
+            f"lines) from {SMS_URL} in {path.parent}. Unzip it there, or set LABKIT_DATA to a folder that holds "
+            f"{SMS_FILE} (leave root= and LABKIT_DATA unset to download it into {cache_dir()})")
     labels, messages = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         label, tab, message = line.partition("\t")

@@ -1,9 +1,10 @@
 """labkit.data: every dataset's shapes, dtypes, labels and statistics; root lookup; errors; the JPEG cache.
 
-MNIST, Fashion-MNIST and CIFAR-10 come from the shared folder (skipped when it is absent); the expected
+MNIST, Fashion-MNIST and CIFAR-10 come from the data root, ``LABKIT_DATA`` (skipped when they are absent); the expected
 numbers are those checked in ../shared/datasets/SOURCES.md.
 """
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,9 +159,20 @@ def test_root_lookup_order(tmp_path, monkeypatch):
     assert data.data_root(tmp_path / "arg") == tmp_path / "arg"
     assert data.data_root() == tmp_path / "env"
     monkeypatch.delenv("LABKIT_DATA")
-    monkeypatch.setattr(data, "SHARED", tmp_path / "absent")
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     assert data.data_root() == data.cache_dir() == tmp_path / "cache"
+
+
+def test_the_package_never_looks_beside_its_own_checkout(tmp_path, monkeypatch):
+    """An installed copy would look beside site-packages: with neither root nor LABKIT_DATA, the cache."""
+    import labkit
+
+    monkeypatch.delenv("LABKIT_DATA", raising=False)
+    monkeypatch.delenv("LABKIT_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    package = Path(labkit.__file__).resolve().parents[1]
+    assert data.data_root() == tmp_path / ".cache" / "labkit"
+    assert package not in data.data_root().parents and not hasattr(data, "SHARED")
 
 
 def test_channel_stats_scale_uint8_to_unit_range():
@@ -193,7 +205,6 @@ def test_idx_files_are_torchvisions_and_the_cache_downloads_with_torchvision(tmp
                 write_idx_gz(raw / filename, array)
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
-    monkeypatch.setattr(data, "SHARED", tmp_path / "absent")
     monkeypatch.delenv("LABKIT_DATA", raising=False)
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     d = data.load("mnist")

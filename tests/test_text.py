@@ -1,5 +1,6 @@
 """labkit.text: the SMS Spam Collection's counts and split, a vocabulary from the training set only,
-truncation, padding, and the errors. The real-data tests skip when the shared folder is absent."""
+truncation, padding, the errors, and the download into the cache (with a stand-in for the network). The
+real-data tests skip when the data root (``LABKIT_DATA``) lacks the file."""
 from collections import Counter
 
 import pytest
@@ -97,3 +98,89 @@ def test_subset_keeps_the_vocabulary_and_dataset_order(sms):
     assert all(tuple(s.tolist()) in rows for s in small.x_train)
     with pytest.raises(ValueError, match="n_train=5000 is out of range"):
         sms.subset(5000, 30)
+
+
+# -- the download into the cache (no network: ``text.fetch`` is replaced by a zip built here) ----------------
+def uci_zip(content: bytes) -> bytes:
+    """A zip laid out like the UCI one: ``SMSSpamCollection`` and a readme at the top level."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("SMSSpamCollection", content)
+        archive.writestr("readme", "SMS Spam Collection v.1\n")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """No root, no LABKIT_DATA: the data root is an empty cache folder."""
+    monkeypatch.delenv("LABKIT_DATA", raising=False)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_a_missing_file_in_the_cache_is_downloaded_and_checked(empty_cache, monkeypatch):
+    import hashlib
+
+    content = SMS_TOY.encode()
+    urls = []
+    monkeypatch.setattr(text, "fetch", lambda url: urls.append(url) or uci_zip(content))
+    monkeypatch.setattr(text, "SMS_SHA256", hashlib.sha256(content).hexdigest())
+    d = text.load("sms-spam")
+    assert urls == [text.SMS_URL] and (empty_cache / text.SMS_FILE).read_bytes() == content
+    assert len(d.y_train) + len(d.y_test) == 15
+    text.load("sms-spam")
+    assert len(urls) == 1  # the second load reads the kept copy
+    assert [p.name for p in (empty_cache / "sms-spam").iterdir()] == ["SMSSpamCollection"]  # no partial file
+
+
+def test_the_checksum_is_that_of_the_shared_copy():
+    import hashlib
+
+    path = data.data_root() / text.SMS_FILE
+    if not path.exists():
+        pytest.skip(f"{text.SMS_FILE} not found under {data.data_root()}")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == text.SMS_SHA256
+
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(empty_cache, monkeypatch):
+    monkeypatch.setattr(text, "fetch", lambda url: uci_zip(SMS_TOY.encode()))
+    with pytest.raises(RuntimeError, match=r"has sha256 [0-9a-f]{64}, expected 7d039a24.*"
+                                           + text.SMS_URL.replace("+", r"\+")):
+        text.load("sms-spam")
+    assert not (empty_cache / "sms-spam").exists() or not any((empty_cache / "sms-spam").iterdir())
+
+
+def test_a_failed_download_is_one_message_with_the_url(empty_cache, monkeypatch):
+    import urllib.error
+
+    def offline(url):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(text, "fetch", offline)
+    with pytest.raises(RuntimeError) as error:
+        text.load("sms-spam")
+    message = str(error.value)
+    assert message.count(text.SMS_URL) == 2 and "name resolution" in message and "\n" not in message
+    assert f"unzip its SMSSpamCollection into {empty_cache / 'sms-spam'}" in message
+
+
+def test_an_explicit_root_is_never_downloaded_into(tmp_path, monkeypatch):
+    monkeypatch.setattr(text, "fetch", lambda url: pytest.fail("no download into an explicit root"))
+    with pytest.raises(FileNotFoundError, match=f"{text.SMS_URL.replace('+', '.')}.*LABKIT_DATA"):
+        text.load("sms-spam", root=tmp_path)
+
+
+def test_a_zip_without_the_file_is_one_message_with_the_url(empty_cache, monkeypatch):
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("readme", "no data here\n")
+    for payload in (buffer.getvalue(), b"<html>not a zip</html>"):
+        monkeypatch.setattr(text, "fetch", lambda url, payload=payload: payload)
+        with pytest.raises(RuntimeError, match=r"the download of .*sms\+spam\+collection\.zip failed"):
+            text.load("sms-spam")
