@@ -1,9 +1,14 @@
-# labkit: `make book` builds the book, `make test` runs every test. Both create .venv on first use.
+# labkit: `make book` builds the book, `make test` runs every test, `make student` writes the student
+# notebooks. All create .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Datasets: the shared copy beside the repository (absolute, since the notebooks run in notebooks/).
+# Set LABKIT_DATA yourself to use another folder. (Without it, outside make, labkit reads from and
+# downloads into ~/.cache/labkit.)
+export LABKIT_DATA ?= $(abspath ../shared/datasets)
 
-.PHONY: book test test-fast clean
+.PHONY: book test test-fast student clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +27,9 @@ test: $(STAMP)  ## unit tests (browser tests need `make book` first), then the n
 
 test-fast: $(STAMP)  ## unit tests only
 	LABKIT_QUICK=1 $(PY) -m pytest -q tests
+
+student: $(STAMP)  ## student notebooks in _build/student: solutions replaced by stubs (FORCE=1: overwrite)
+	$(PY) -m labkit.student _build/student $(if $(FORCE),--force)
 
 clean:
 	rm -rf _build .pytest_cache
