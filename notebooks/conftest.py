@@ -1,5 +1,6 @@
 """nbval on the chapters: a chapter that reads a dataset this machine does not have is skipped, with the
-reason, instead of failing (CI has no copy of the SMS Spam Collection; set LABKIT_DATA to run it)."""
+reason, instead of failing (the SMS Spam Collection is read from the data root: LABKIT_DATA, which make and
+CI set to ../shared/datasets, or the user cache, where labkit.text downloads it)."""
 import pytest
 
 from labkit.data import data_root
