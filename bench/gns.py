@@ -10,8 +10,9 @@ CUDA, SGD), at a fixed batch size: once without tracking, and once per ``--every
 ``labkit.gns.GNSTracker`` reading every N steps (k = ``GNSTracker``'s default microbatches). The tracker's
 default N is what ``labkit train --strategy gns`` uses; its row carries the target: time with tracking /
 time without ≤ 1.10.
-On a measured step the tracker's k microbatch passes are the step's forward and backward (fit takes the
-logits and loss from them), so the cost is the k smaller passes in place of one, every N steps.
+On a measured step the tracker's k microbatch passes are the step's forward and backward (``labkit.step.
+TrainStep`` takes the logits and loss from them), so the cost is the k smaller passes in place of one, every
+N steps.
 
 Timing: fit's ``epoch_time_s`` (training only, evaluation excluded, synchronised with the GPU at both ends),
 summed over the epochs after the first (warm-up: cuDNN heuristics, the allocator). Settings run in turn

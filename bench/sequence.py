@@ -18,9 +18,10 @@ cuDNN's and the allocator's warm-up), wall time of all training epochs, test acc
 spam class. The table prints mean ± std over seeds; the CSV keeps one row per run with the provenance.
 
 Timing: ``time.perf_counter`` around each epoch, synchronised with the GPU at both ends; evaluation excluded.
-Precision: float32 (TF32 inside cuDNN). bf16 autocast is not used: its cuDNN RNN wrapper casts a GRU to
-float16 whatever dtype autocast is given (``aten/src/ATen/cudnn/AutocastRNN.cpp``), which would need a
-GradScaler, and this model is too small to gain from it.
+The step is ``labkit.step.TrainStep``, the one ``fit`` takes, in float32 (TF32 inside cuDNN): ``bf16=False``,
+since autocast's cuDNN RNN wrapper casts a GRU to float16 whatever dtype it is given
+(``aten/src/ATen/cudnn/AutocastRNN.cpp``), which would need a GradScaler, and this model is too small to gain
+from it.
 """
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.nn import functional as F
 
 from labkit import text
 from labkit.buckets import BucketBatcher, RandomBatcher, TokenBatcher
 from labkit.models import build_model
 from labkit.runtime import pick_device, quick_mode, save_table
+from labkit.step import TrainStep
 
 BATCHERS = ("global", "dynamic", "bucket", "tokens")
 
@@ -50,29 +51,20 @@ def make_batcher(kind: str, sequences, labels, args, seed: int):
     return TokenBatcher(sequences, labels, args.max_tokens, pool=args.pool, seed=seed, device=args.device)
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train(d: text.TextData, kind: str, seed: int, args) -> dict:
     """One run: ``args.epochs`` epochs of ``gru`` fed by the batcher ``kind``, then the test scores."""
     torch.manual_seed(seed)
     model = build_model("gru", d.input_shape, d.num_classes).to(args.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=args.lr), bf16=False)
     batcher = make_batcher(kind, d.x_train, d.y_train, args, seed)
     seconds, stats = [], []
     for _epoch in range(args.epochs):
         loss_sum = torch.zeros((), device=args.device)
-        synchronize(args.device)
+        step.synchronize()
         start = time.perf_counter()
         for tokens, _lengths, yb in batcher:  # (B, L) token ids, (B,), (B,)
-            loss = F.cross_entropy(model(tokens), yb)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()  # no loss.item(): it would sync the CPU with the GPU every step
-        synchronize(args.device)
+            loss_sum += step(tokens, yb).loss  # no loss.item(): it would sync the CPU with the GPU every step
+        step.synchronize()
         seconds.append(time.perf_counter() - start)
         stats.append(batcher.stats)
     timed = slice(1, None) if args.epochs > 1 else slice(None)  # after the warm-up epoch

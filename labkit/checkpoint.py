@@ -1,5 +1,5 @@
-"""A run folder read back: ``config.json`` compared before a resume, ``checkpoint.pt`` saved and restored,
-and ``BrokenRun`` for a folder whose files cannot be read.
+"""A run folder: ``config.json`` written and compared before a resume, ``checkpoint.pt`` saved and restored,
+``history.csv`` and ``decisions.csv`` written, and ``BrokenRun`` for a folder whose files cannot be read.
 
 Every file is replaced whole (``labkit.runtime.atomic_path``), so a ``kill -9`` leaves the previous version,
 never half of one. A resume first compares the saved config with the requested one: anything but where the
@@ -9,9 +9,10 @@ cannot be read back (cut short, garbage, another run's file) is one ``BrokenRun`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from labkit.runtime import atomic_path, provenance
@@ -65,21 +66,44 @@ def check_resumable(out: Path, config) -> None:
                          f"resume with the same settings, or train into another folder")
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a run has come by the end of its last finished epoch; ``checkpoint.pt`` keeps it as a dict
+    under ``counters``."""
+    epoch: int = 0          # epochs finished
+    step: int = 0           # optimizer steps taken
+    samples: int = 0        # training examples seen
+    wall: float = 0.0       # training seconds (evaluation excluded)
+    energy: float = 0.0     # joules the GPU drew while training (nan without a GPU or NVML)
+
+    @classmethod
+    def of(cls, counters) -> "Progress":
+        """Read back a checkpoint's ``counters``: a dict of these fields, or the list [epoch, step, samples,
+        wall, energy] that checkpoints held before 2026-12."""
+        names = [f.name for f in fields(cls)]
+        if isinstance(counters, (list, tuple)) and len(counters) == len(names):
+            counters = dict(zip(names, counters))
+        if not isinstance(counters, dict) or sorted(counters) != sorted(names):
+            raise ValueError(f"its counters {counters!r} are not {names}")
+        return cls(**counters)
+
+
 CHECKPOINT_KEYS = ("model", "optimizer", "strategy", "batcher", "gns", "rng", "history", "counters")
 
 
-def save_checkpoint(out: Path, **state) -> None:
-    """``checkpoint.pt``: the ``CHECKPOINT_KEYS`` of a run after an epoch, written atomically (a kill leaves
-    the previous checkpoint whole)."""
+def save_checkpoint(out: Path, progress: Progress, **state) -> None:
+    """``checkpoint.pt``: a run after an epoch, its ``progress`` and the other ``CHECKPOINT_KEYS`` (state
+    dicts, the RNG state, the history rows), written atomically (a kill leaves the previous one whole)."""
+    state = {**state, "counters": asdict(progress)}
     if sorted(state) != sorted(CHECKPOINT_KEYS):
         raise ValueError(f"a checkpoint holds {list(CHECKPOINT_KEYS)}; got {sorted(state)}")
     with atomic_path(out / "checkpoint.pt") as partial:
         torch.save(state, partial)
 
 
-def restore(path: Path, device: torch.device, config, **objects) -> tuple[list[dict], list]:
+def restore(path: Path, device: torch.device, config, **objects) -> tuple[list[dict], Progress]:
     """Load ``checkpoint.pt`` into the model, optimizer, strategy, batcher and GNS tracker; return the history
-    rows and the counters [epoch, step, samples, wall, energy]. Anything unreadable is a ``BrokenRun``."""
+    rows and the ``Progress``. Anything unreadable is a ``BrokenRun``."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         if not isinstance(state, dict) or sorted(state) != sorted(CHECKPOINT_KEYS):
@@ -89,14 +113,41 @@ def restore(path: Path, device: torch.device, config, **objects) -> tuple[list[d
             if obj is not None:
                 obj.load_state_dict(state[name])
         torch.set_rng_state(state["rng"].cpu())
-        rows, counters = state["history"], list(state["counters"])
-        if (len(counters) != 5 or not isinstance(rows, list) or counters[0] != len(rows)
-                or not 0 < counters[0] <= config.epochs):
-            raise ValueError(f"its counters {counters} do not match its {len(rows)} history rows and "
+        rows, progress = state["history"], Progress.of(state["counters"])
+        if not isinstance(rows, list) or progress.epoch != len(rows) or not 0 < progress.epoch <= config.epochs:
+            raise ValueError(f"its counters {progress} do not match its {len(rows)} history rows and "
                              f"{config.epochs} epochs")
     except Exception as error:      # whatever the cause (EOF, unpickling, foreign weights), the file is unusable
         raise BrokenRun.of(path, "checkpoint", _problem(error)) from error
-    return rows, counters
+    return rows, progress
+
+
+def resume_or_start(out: Path | None, resume: bool, config, device: torch.device,
+                    **objects) -> tuple[list[dict], Progress]:
+    """The history rows and the ``Progress`` a run starts from: with ``resume``, those of ``out``'s checkpoint,
+    whose states are loaded into ``objects`` (see ``restore``); else none. With ``out``, writes ``config.json``."""
+    rows, progress = [], Progress()
+    if out is None:
+        return rows, progress
+    if resume and (out / "checkpoint.pt").exists():
+        rows, progress = restore(out / "checkpoint.pt", device, config, **objects)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, config, device)
+    return rows, progress
+
+
+def save_history(out: Path | None, rows: list[dict], strategy=None) -> pd.DataFrame:
+    """The history as a table; with ``out``, written as ``history.csv`` (one row per epoch) beside the
+    strategy's decision log, ``decisions.csv``."""
+    history = pd.DataFrame(rows)
+    if out is not None:
+        with atomic_path(out / "history.csv") as partial:
+            history.to_csv(partial, index=False)
+        if strategy is not None:
+            with atomic_path(out / "decisions.csv") as partial:
+                pd.DataFrame([asdict(d) for d in strategy.history], columns=["step", "old", "new", "reason"]
+                             ).to_csv(partial, index=False)
+    return history
 
 
 def _problem(error: BaseException) -> str:

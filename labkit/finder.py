@@ -44,16 +44,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from labkit.batching import DeviceBatcher
 from labkit.checks import check_choice, check_float, check_int
 from labkit.data import DATASETS, TensorData, load
 from labkit.gns import GNSTracker
-from labkit.memory import MemoryProbe, max_batch_that_fits, preserved, probe_step, train_step
+from labkit.memory import MemoryProbe, max_batch_that_fits, preserved, probe_step
 from labkit.models import MODELS, build_model
 from labkit.runtime import pick_device, provenance, quick_mode
+from labkit.step import TrainStep
 from labkit.strategies import LR_RULES, scaled_lr
 from labkit.train import QUICK_SIZES, TrainConfig, make_optimizer
 
@@ -186,33 +186,30 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
     if isinstance(model, str):
         model = build_model(model, data.input_shape, data.num_classes)
     model = model.to(device)
-    images = len(data.input_shape) == 3 and device.type == "cuda"
-    if images:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(TrainConfig(lr=lr), model)       # what fit builds: SGD, Nesterov momentum 0.9
+    train = TrainStep(model, optimizer)                         # fit's step: bf16 and channels_last on CUDA
     batcher = DeviceBatcher(data.x_train, data.y_train, data.mean, data.std, seed=seed, drop_last=True,
                             device=device)
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).to(device)
 
     def batch_of(size: int):
-        x = batcher.normalise(batcher.x[order[:size]])
-        return (x.contiguous(memory_format=torch.channels_last) if images else x), batcher.y[order[:size]]
+        return train.prepare(batcher.normalise(batcher.x[order[:size]])), batcher.y[order[:size]]
 
     with preserved(model, optimizer):
         # -- (a) the largest batch that fits ------------------------------------------------------------
-        step = probe_step(model, optimizer, batch_of, memory_cap_bytes=memory_cap_bytes)
+        step = probe_step(train, batch_of, memory_cap_bytes=memory_cap_bytes)
         memory = max_batch_that_fits(step, start=start, limit=limit, multiple_of=MULTIPLE_OF,
                                      restore=(model, optimizer))
         # -- (b) B_simple over a short stretch of training at base_batch (or the largest that fits) -------
         gns_batch = min(base_batch, memory.max_batch)
-        for group in optimizer.param_groups:
-            group["lr"] = scaled_lr(lr, base_batch, gns_batch, lr_rule)
-        tracker = _noise_scale(model, optimizer, batcher, gns_batch, gns_steps, gns_every, images)
+        tracker = GNSTracker(every=gns_every)
+        _noise_scale(TrainStep(model, optimizer, gns=tracker), batcher, gns_batch, gns_steps,
+                     scaled_lr(lr, base_batch, gns_batch, lr_rule))
         limit_name = "the training set" if max_batch is None else "max_batch"
         batch, binding, reason = _decide(tracker, memory, min_batch, gns_batch, limit_name)
         # -- (c) samples/s up to the largest batch that fits ---------------------------------------------
         timed = sizes or _default_sizes(start, memory.max_batch)
-        speed = {size: _throughput(step, model, optimizer, batch_of, size, budget.timed_steps, device)
+        speed = {size: _throughput(step, train, batch_of, size, budget.timed_steps)
                  for size in sorted({*timed, batch}) if size <= memory.max_batch}
     # -- (d) the recommendation and its evidence ------------------------------------------------------------
     lr_at = scaled_lr(lr, base_batch, batch, lr_rule)
@@ -224,28 +221,14 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
                           _evidence(memory, speed, tracker.b_simple, batch, timed), settings, provenance(device))
 
 
-def _noise_scale(model, optimizer, batcher: DeviceBatcher, batch: int, steps: int, every: int,
-                 images: bool) -> GNSTracker:
-    """Train ``steps`` steps at ``batch``; on every ``every``-th the tracker's k microbatch passes replace
-    the forward/backward and leave the batch's mean gradient for the optimizer."""
-    tracker = GNSTracker(every=every)
-    device = batcher.x.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    step = 0
-    while step < steps:
+def _noise_scale(step: TrainStep, batcher: DeviceBatcher, batch: int, steps: int, lr: float) -> None:
+    """Train ``steps`` steps of ``batch`` examples at ``lr`` with ``step``, whose tracker measures where it
+    is due (its k microbatch passes are those steps' forward and backward, as in ``fit``)."""
+    while step.steps < steps:
         for x, y in batcher.batches(batch):
-            x = x.contiguous(memory_format=torch.channels_last) if images else x
-            if tracker.due(step):
-                with autocast:
-                    tracker.measure(model, F.cross_entropy, x, y)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                train_step(model, optimizer, x, y)
-            step += 1
-            if step == steps:
+            step(x, y, lr)
+            if step.steps == steps:
                 break
-    return tracker
 
 
 def _decide(tracker: GNSTracker, memory: MemoryProbe, min_batch: int, gns_batch: int,
@@ -268,22 +251,17 @@ def _decide(tracker: GNSTracker, memory: MemoryProbe, min_batch: int, gns_batch:
     return memory.max_batch, binding, f"{bound}, below {measured}"
 
 
-def _throughput(step, model, optimizer, batch_of, size: int, steps: int, device) -> tuple[float, float]:
-    """(peak bytes, samples/s) at ``size``: one warm-up step (which measures the peak), then ``steps``
-    timed steps, synchronised with the GPU before and after."""
-    peak = step(size)
+def _throughput(try_step, train: TrainStep, batch_of, size: int, steps: int) -> tuple[float, float]:
+    """(peak bytes, samples/s) at ``size``: one warm-up ``try_step`` (which measures the peak), then
+    ``steps`` timed steps of ``train``, synchronised with the GPU before and after."""
+    peak = try_step(size)
     x, y = batch_of(size)
-    _synchronize(device)
+    train.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, x, y)
-    _synchronize(device)
+        train(x, y)
+    train.synchronize()
     return peak, size * steps / (time.perf_counter() - start)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _default_sizes(low: int, high: int) -> list[int]:

@@ -1,6 +1,6 @@
 """The largest batch whose training step fits in memory: grow ×2 until a step fails, then bisect.
 
-    >>> probe = max_batch_that_fits(probe_step(model, optimizer, batch_of), start=32, limit=8192,
+    >>> probe = max_batch_that_fits(probe_step(TrainStep(model, optimizer), batch_of), start=32, limit=8192,
     ...                             restore=(model, optimizer))
     >>> probe.max_batch, probe.table()
 
@@ -28,13 +28,15 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labkit.checks import check_float, check_int
+
+if TYPE_CHECKING:
+    from labkit.step import TrainStep      # labkit.step imports this module: the step needs its OOM errors
 
 log = logging.getLogger(__name__)
 ACTIVATION_FACTOR = 2.0   # StepMemory: activations kept for backward + the gradients flowing back
@@ -90,7 +92,7 @@ def max_batch_that_fits(try_step: Callable[[int], float | None], start: int = 32
 
     Args:
         try_step: runs one training step (forward, backward, optimizer step) on a batch of that size and
-            returns its peak memory in bytes (or None); ``probe_step`` builds one.
+            returns its peak memory in bytes (or None); ``probe_step`` builds one from a ``TrainStep``.
         start: the first size tried, a multiple of ``multiple_of``; if it does not fit, the search
             bisects below it.
         limit: the largest size tried (e.g. the training set's size), rounded down to a multiple.
@@ -141,30 +143,29 @@ def _next_batch(good: int, bad: int | None, limit: int, multiple_of: int) -> int
     return (good + bad) // 2 // multiple_of * multiple_of
 
 
-def probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch_of: Callable[[int], tuple[Tensor, Tensor]],
-               *, loss_fn=F.cross_entropy, memory_cap_bytes: float | None = None) -> Callable[[int], float]:
-    """A ``try_step`` for ``max_batch_that_fits``: ``train_step`` on ``batch_of(batch)``, returning its peak
-    memory in bytes. With ``memory_cap_bytes``, a step whose peak passes the cap raises
-    ``MemoryCapExceeded``: on CUDA after the step, from the measured peak; on the CPU before it, from
-    ``StepMemory``'s prediction, so no oversized batch is ever allocated."""
+def probe_step(step: TrainStep, batch_of: Callable[[int], tuple[Tensor, Tensor]], *,
+               memory_cap_bytes: float | None = None) -> Callable[[int], float]:
+    """A ``try_step`` for ``max_batch_that_fits``: one ``step`` (``labkit.step.TrainStep``, the step ``fit``
+    takes) on ``batch_of(batch)``, returning its peak memory in bytes. With ``memory_cap_bytes``, a step whose
+    peak passes the cap raises ``MemoryCapExceeded``: on CUDA after the step, from the measured peak; on the
+    CPU before it, from ``StepMemory``'s prediction, so no oversized batch is ever allocated."""
     cap = None if memory_cap_bytes is None else check_float("memory_cap_bytes", memory_cap_bytes, low=0.0,
                                                             low_open=True)
-    device = next(model.parameters()).device
-    cuda = device.type == "cuda"
+    device = step.device
     estimate: list[StepMemory] = []     # measured on the first call
 
     def try_step(batch: int) -> float:
-        if not cuda:
+        if not step.cuda:
             if not estimate:
-                estimate.append(StepMemory.of(model, batch_of(1)[0]))
+                estimate.append(StepMemory.of(step.model, batch_of(1)[0]))
             peak = estimate[0](batch)
             if cap is not None and peak > cap:
                 raise MemoryCapExceeded(f"batch {batch} needs about {format_bytes(peak)}, more than the cap "
                                         f"of {format_bytes(cap)}")
-            train_step(model, optimizer, *batch_of(batch), loss_fn)
+            step(*batch_of(batch))
             return peak
         torch.cuda.reset_peak_memory_stats(device)
-        train_step(model, optimizer, *batch_of(batch), loss_fn)
+        step(*batch_of(batch))
         torch.cuda.synchronize(device)
         peak = float(torch.cuda.max_memory_allocated(device))
         if cap is not None and peak > cap:
@@ -173,21 +174,6 @@ def probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch_of: Cal
         return peak
 
     return try_step
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               loss_fn=F.cross_entropy) -> Tensor:
-    """One training step as ``labkit.train.fit`` takes it: forward and loss (bf16 autocast on CUDA),
-    backward, optimizer step. Gradients are cleared in a ``finally``, also when the step runs out of
-    memory. Returns the loss, detached (reading it is a CPU–GPU sync: the caller decides)."""
-    try:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-    finally:
-        optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass(frozen=True)
@@ -323,5 +309,5 @@ def format_bytes(n: float) -> str:
     return f"{n / 1024 ** exponent:.3g} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
 
 
-__all__ = ["max_batch_that_fits", "probe_step", "train_step", "StepMemory", "MemoryWatch", "MemoryProbe", "Trial",
+__all__ = ["max_batch_that_fits", "probe_step", "StepMemory", "MemoryWatch", "MemoryProbe", "Trial",
            "MemoryCapExceeded", "NothingFits", "OUT_OF_MEMORY", "preserved", "free_memory", "format_bytes"]

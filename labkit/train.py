@@ -14,16 +14,17 @@ cifar10) and the loss smoothed (``label_smoothing``). A run that learns nothing,
 ln C for two epochs or its accuracy at chance after them, stops with ``DeadRun`` (its history kept), as a
 NaN loss stops with ``Diverged``. Phases, in order: set LR → forward/backward → optimizer step →
 accumulate signals (on the device, no sync) → end of epoch: one sync, eval, strategy decision, log,
-checkpoint. The data stays on the device (``labkit.batching.DeviceBatcher``); on CUDA the step runs in
-bf16 autocast with channels_last images, and optionally under ``torch.compile`` with a dynamic batch
-dimension so a new batch size does not recompile.
+checkpoint. The data stays on the device (``labkit.batching.DeviceBatcher``). The step is
+``labkit.step.TrainStep``, the one the finder, the memory probe and the benchmarks take: on CUDA bf16
+autocast with channels_last images, optionally under ``torch.compile`` with a dynamic batch dimension so a
+new batch size does not recompile; the GNS-measured variant when a tracker is due.
 
 Also per step: the peak memory against a budget (``labkit.memory.MemoryWatch``), the signal of the
-``memory`` strategy. A step that runs out of memory is not lost: under the ``memory`` strategy the batch
-halves and the same examples (and the rest of the batch's queue) are retried at the new size; any other
-strategy stops with a message. Per epoch: the GPU's energy over the training time (``labkit.cost``,
-NVML), and with ``curriculum`` only the easiest share c(t) of the training set is served
-(``labkit.curriculum``). History columns: see ``fit``; ``decisions.csv`` is the strategy's decision log.
+``memory`` strategy. A step that runs out of memory is not lost (``TrainStep.with_requeue``): under the
+``memory`` strategy the batch halves and the same examples (and the rest of the batch's queue) are retried
+at the new size; any other strategy stops with a message. Per epoch: the GPU's energy over the training
+time (``labkit.cost``, NVML), and with ``curriculum`` only the easiest share c(t) of the training set is
+served (``labkit.curriculum``). History columns: see ``fit``; ``decisions.csv`` is the strategy's decision log.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,17 +44,18 @@ from tqdm.auto import tqdm
 
 from labkit import strategies
 from labkit.batching import DeviceBatcher
-from labkit.checkpoint import BrokenRun, check_resumable, restore, save_checkpoint, write_config
+from labkit.checkpoint import BrokenRun, Progress, check_resumable, resume_or_start, save_checkpoint, save_history
 from labkit.checks import check_choice, check_float, check_int
 from labkit.cost import EnergyMeter
 from labkit.curriculum import Curriculum, loss_difficulty
 from labkit.augment import Augment
 from labkit.data import load
 from labkit.lr_schedules import LR_SCHEDULES, LRSchedule
-from labkit.memory import OUT_OF_MEMORY, MemoryCapExceeded, MemoryWatch, free_memory
+from labkit.memory import MemoryCapExceeded, MemoryWatch
 from labkit.models import build_model
-from labkit.runtime import atomic_path, pick_device, quick_mode
+from labkit.runtime import pick_device, quick_mode
 from labkit.signals import mean_entropy
+from labkit.step import StepResult, TrainStep
 
 OPTIMIZERS = ("sgd", "adam")
 DECIDE = ("epoch", "step")
@@ -146,176 +149,169 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
 
-    # -- data, model, strategy, optimizer --------------------------------------------------------------
-    data = load(config.dataset, root=config.data_root, device=device)
-    if quick:
-        data = data.subset(min(QUICK_SIZES[0], len(data.y_train)), min(QUICK_SIZES[1], len(data.y_test)),
-                           seed=config.seed)
-    if config.validation:
-        data = data.validation_split(config.validation)        # seed 0: every trial validates on the same samples
-    strategy = strategies.build(config.strategy, **config.strategy_params)
+    # -- data, strategy, model, optimizer, batchers, memory watch, curriculum ------------------------------
+    data = _data(config, quick, device)
     n_train = len(data.y_train)
-    if strategy.min_batch > n_train:
-        raise ValueError(f"min_batch={strategy.min_batch} is larger than the training set of {config.dataset} "
-                         f"({n_train} examples{', quick mode' if quick else ''}): lower min_batch")
+    strategy = _strategy(config, n_train, quick)
     model = build_model(config.model, data.input_shape, data.num_classes).to(device)
-    images = len(data.input_shape) == 3 and device.type == "cuda"
-    if images:
-        model = model.to(memory_format=torch.channels_last)
     base_batch = config.base_batch or strategy.b_init
     optimizer = make_optimizer(config, model)
-    forward = compiled(model) if config.compile else model
     gns = _gns_tracker(config)
     train = DeviceBatcher(data.x_train, data.y_train, mean=data.mean, std=data.std, shuffle=True,
                           seed=config.seed, drop_last=True, augment=_augment(config, data))
-    schedule = LRSchedule(config.lr_schedule, warmup=_warmup_share(config))
-    chance = _chance(data)
     test = DeviceBatcher(data.x_test, data.y_test, mean=data.mean, std=data.std, shuffle=False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    budget = None if config.memory_budget_mb is None else config.memory_budget_mb * 2**20
-    watch = MemoryWatch(model, train.normalise(data.x_train[:1].to(device)), budget)
-    if "memory" in strategy.requires and watch.budget is None:
-        raise ValueError(f"strategy {config.strategy!r} reads the memory signal, which needs a budget on a "
-                         f"{device.type.upper()}: set memory_budget_mb (--memory-budget-mb)")
+    schedule = LRSchedule(config.lr_schedule, warmup=_warmup_share(config))
+    watch = _memory_watch(config, strategy, model, train)
     curriculum = _curriculum(config, model, data, train)
+    rows, done = resume_or_start(out, resume, replace(config, quick=quick), device, model=model, optimizer=optimizer,
+                        strategy=strategy, batcher=train, gns=gns)
+    step = TrainStep(model, optimizer, loss_fn=partial(F.cross_entropy, label_smoothing=config.label_smoothing),
+                     compile=config.compile, gns=gns, watch=watch, steps=done.step)
+    shrink = partial(_after_oom, strategy)
+    chance = _chance(data)
 
-    rows: list[dict[str, Any]] = []
-    start_epoch, step, samples, wall, energy = 0, 0, 0, 0.0, 0.0
-    if out is not None:
-        if resume and (out / "checkpoint.pt").exists():
-            rows, (start_epoch, step, samples, wall, energy) = restore(
-                out / "checkpoint.pt", device, config, model=model, optimizer=optimizer, strategy=strategy,
-                batcher=train, gns=gns)
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, replace(config, quick=quick), device)
-
-    bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.strategy} on {data.name}",
-               disable=not progress, initial=start_epoch, total=config.epochs)
+    bar = tqdm(range(done.epoch, config.epochs), desc=f"{config.strategy} on {data.name}",
+               disable=not progress, initial=done.epoch, total=config.epochs)
     with watch.limit(), EnergyMeter(device) as meter:
         for epoch in bar:
-            model.train()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, e0 = time.perf_counter(), meter.read()
-            loss_sum = torch.zeros((), device=device)       # Σ loss·B over the epoch, kept on the device
-            entropy_sum = torch.zeros((), device=device)
-            epoch_samples = epoch_steps = retries = 0
-            diverged = False                                # a per-step decision met a NaN or infinite loss
-            lr = config.lr
+            # -- train: batches of the strategy's size from the epoch's pool (all data, or the easiest) -------
             pool = None if curriculum is None else curriculum(epoch).pool(epoch)
-            epoch_size = n_train if pool is None else len(pool)
-            for chunk in train.batches(lambda: strategy.batch_size, pool=pool):
-                pending = [chunk]               # a batch that runs out of memory comes back here in halves
-                retrying = False                # its pieces train but take no per-step decision: their
-                while pending:                  # memory says nothing about the batch the strategy now holds
-                    xb, yb = pending.pop()
-                    batch = len(yb)
-                    # -- LR: peak · schedule(share of training done, mid-batch) · coupling(batch size) ---------
-                    progress = (epoch + (epoch_samples + batch / 2) / epoch_size) / config.epochs
-                    lr = (config.lr * schedule.factor_at(progress)
-                          * strategies.scaled_lr(1.0, base_batch, batch, config.lr_rule))
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    if images:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    # -- forward / backward / update; on a GNS step the tracker's microbatches do the passes --
-                    try:
-                        watch.before(batch)
-                        if gns is not None and gns.due(step):
-                            logits, loss = _measured_step(gns, model, xb, yb, autocast, config.label_smoothing)
-                        else:
-                            with autocast:
-                                logits = forward(xb)
-                                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
-                            loss.backward()
-                        optimizer.step()
-                        failure = None
-                    except OUT_OF_MEMORY as error:
-                        failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                    optimizer.zero_grad(set_to_none=True)
-                    if failure is not None:            # outside ``except``: the failed step's frames are gone
-                        pending = _requeue(xb, yb, pending, _after_oom(strategy, batch, failure))
-                        retries += 1
-                        retrying = True
-                        continue
-                    usage = watch.after()
-                    # -- signals, accumulated without a sync -------------------------------------------------
-                    loss_sum += loss.detach().float() * batch
-                    entropy = mean_entropy(logits.detach())
-                    entropy_sum += entropy * batch
-                    epoch_samples += batch
-                    epoch_steps += 1
-                    step += 1
-                    if config.decide_every == "step" and not retrying:           # .item(): a sync per step
-                        step_loss = loss.item()
-                        if not math.isfinite(step_loss):     # the epoch ends here; below it stops as Diverged
-                            diverged = True
-                            break
-                        strategy.step(loss=step_loss, entropy=entropy.item(), epoch=epoch + 1, **_gns_signal(gns),
-                                      **_memory_signal(usage))
-                if diverged:
-                    break
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            epoch_time = time.perf_counter() - t0
-            energy += meter.read() - e0                     # NVML's counter; nan without a GPU or NVML
-            wall += epoch_time
-            samples += epoch_samples
-            if epoch_steps == 0:
+            lr = partial(_lr, config, schedule, base_batch, epoch, n_train if pool is None else len(pool))
+            decide = partial(_decide_now, strategy, epoch, gns) if config.decide_every == "step" else None
+            tally = _train_epoch(step, train.batches(lambda: strategy.batch_size, pool=pool), lr, shrink, decide,
+                                 meter)
+            if tally.steps == 0:
                 raise ValueError(f"no full batch fits in the {n_train} training examples at batch size "
                                  f"{strategy.batch_size}: lower max_batch")
+            done = Progress(epoch + 1, step.steps, done.samples + tally.samples, done.wall + tally.seconds,
+                            done.energy + tally.joules)
 
-            # -- end of epoch: signals (one sync), eval, decision, log ---------------------------------------
-            train_loss = (loss_sum / epoch_samples).item()
-            train_entropy = (entropy_sum / epoch_samples).item()
-            test_loss, test_acc = evaluate(forward, test, config.eval_batch, autocast, images)
-            peak_mb, epoch_usage = watch.end_epoch()
-            row = dict(epoch=epoch + 1, batch_size=epoch_samples / epoch_steps, lr=lr, steps=step, samples=samples,
-                       train_loss=train_loss, train_entropy=train_entropy, test_loss=test_loss, test_acc=test_acc,
-                       epoch_time_s=epoch_time, wall_time_s=wall, energy_j=energy,
-                       samples_per_s=epoch_samples / epoch_time,
-                       peak_mem_mb=peak_mb, oom_retries=retries,
-                       pool_fraction=1.0 if pool is None else len(pool) / n_train,
-                       gns=gns.b_simple if gns is not None else math.nan)
-            if not math.isfinite(train_loss):
-                rows.append({**row, "next_batch": strategy.batch_size, "reason": "stopped: loss is not finite"})
-                history = _save_history(out, rows, strategy)
-                raise Diverged(f"training diverged at epoch {epoch + 1}: train loss is {train_loss} at batch size "
-                               f"{row['batch_size']:.0f}, lr {lr:g}; lower lr or use lr_rule='sqrt' "
-                               f"(history so far kept{f' in {out}' if out else ''})", history)
-            dead = _dead([*rows, row], *chance)
-            if dead:
-                rows.append({**row, "next_batch": strategy.batch_size, "reason": f"stopped: dead, {dead}"})
-                history = _save_history(out, rows, strategy)
-                raise DeadRun(f"the run is dead at epoch {epoch + 1}: {dead}; lower lr (now {config.lr:g} at batch "
-                              f"{base_batch}) or lengthen the warm-up (history so far kept"
-                              f"{f' in {out}' if out else ''})", history)
+            # -- end of epoch: signals (one sync), eval, decision, log, checkpoint ------------------------
+            test_loss, test_acc = evaluate(step, test, config.eval_batch)
+            peak_mb, usage = watch.end_epoch()
+            row = _epoch_row(done, tally, test_loss, test_acc, peak_mb, 1.0 if pool is None else len(pool) / n_train,
+                             gns)
+            _stop_if_failed(row, rows, chance, out, strategy, config, base_batch)
             if config.decide_every == "epoch":
-                strategy.step(loss=train_loss, entropy=train_entropy, epoch=epoch + 1, **_gns_signal(gns),
-                              **_memory_signal(epoch_usage))
-            reason = strategy.history[-1].reason if strategy.history else ""
-            rows.append({**row, "next_batch": strategy.batch_size, "reason": reason})
-            bar.set_postfix(B=int(row["batch_size"]), loss=f"{train_loss:.3f}", acc=f"{test_acc:.3f}")
-            _save_history(out, rows, strategy)
+                strategy.step(loss=row["train_loss"], entropy=row["train_entropy"], epoch=epoch + 1,
+                              **_gns_signal(gns), **_memory_signal(usage))
+            rows.append({**row, "next_batch": strategy.batch_size,
+                         "reason": strategy.history[-1].reason if strategy.history else ""})
+            bar.set_postfix(B=int(row["batch_size"]), loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}")
+            save_history(out, rows, strategy)
             if out is not None:
-                save_checkpoint(out, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                save_checkpoint(out, done, history=rows, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 strategy=strategy.state_dict(), batcher=train.state_dict(),
-                                gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state(),
-                                history=rows, counters=[epoch + 1, step, samples, wall, energy])
-    return _save_history(out, rows, strategy)        # again: a resumed, finished run restores a lost history
+                                gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state())
+    return save_history(out, rows, strategy)        # again: a resumed, finished run restores a lost history
+
+
+@dataclass
+class _Tally:
+    """An epoch's training: Σ loss·B and Σ entropy·B kept on the device (no sync per step), samples, steps,
+    the last step's learning rate, out-of-memory retries; the seconds (synchronised with the GPU at both
+    ends) and the joules (NVML's counter; nan without a GPU or NVML) it took."""
+    loss_sum: torch.Tensor
+    entropy_sum: torch.Tensor
+    lr: float = math.nan
+    samples: int = 0
+    steps: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    joules: float = 0.0
+
+    def add(self, result: StepResult) -> torch.Tensor:
+        """Count a step in; return its mean softmax entropy (0-d, on the device)."""
+        entropy = mean_entropy(result.logits)
+        self.loss_sum += result.loss.float() * result.batch
+        self.entropy_sum += entropy * result.batch
+        self.lr = result.lr
+        self.samples += result.batch
+        self.steps += 1
+        return entropy
+
+
+def _train_epoch(step: TrainStep, batches, lr: Callable[[int, int], float], shrink: Callable[[int, str], int],
+                 decide: Callable | None, meter: EnergyMeter) -> _Tally:
+    """One epoch of ``step`` over ``batches`` at ``lr(samples done, batch)``, a batch that runs out of memory
+    retried at ``shrink``'s size. With ``decide`` (per-step decisions) each step that is not a retried piece
+    (its memory says nothing about the batch the strategy now holds) takes a decision; a non-finite loss
+    ends the epoch there (``fit`` then stops the run as ``Diverged``)."""
+    step.model.train()
+    step.synchronize()
+    tally = _Tally(torch.zeros((), device=step.device), torch.zeros((), device=step.device))
+    start, joules, ooms = time.perf_counter(), meter.read(), step.ooms
+    results = (result for xb, yb in batches
+               for result in step.with_requeue(xb, yb, shrink, lambda batch: lr(tally.samples, batch)))
+    for result in results:
+        entropy = tally.add(result)
+        if decide is not None and not result.requeued and not decide(result, entropy):
+            break
+    step.synchronize()
+    tally.seconds, tally.joules = time.perf_counter() - start, meter.read() - joules
+    tally.retries = step.ooms - ooms
+    return tally
+
+
+def _lr(config: TrainConfig, schedule: LRSchedule, base_batch: int, epoch: int, epoch_size: int, samples: int,
+        batch: int) -> float:
+    """A step's learning rate, lr · f(p) · coupling(B): the peak, the schedule's factor at p (the share of
+    training done by the middle of the batch, ``samples`` of the epoch's ``epoch_size`` done before it)
+    and the batch-size coupling of ``batch``."""
+    p = (epoch + (samples + batch / 2) / epoch_size) / config.epochs
+    return config.lr * schedule.factor_at(p) * strategies.scaled_lr(1.0, base_batch, batch, config.lr_rule)
+
+
+def _decide_now(strategy, epoch: int, gns, result: StepResult, entropy: torch.Tensor) -> bool:
+    """A per-step decision from the step's loss and entropy (``.item()``: a sync per step); False, and no
+    decision, when the loss is not finite."""
+    loss = result.loss.item()
+    if not math.isfinite(loss):
+        return False
+    strategy.step(loss=loss, entropy=entropy.item(), epoch=epoch + 1, **_gns_signal(gns),
+                  **_memory_signal(result.usage))
+    return True
+
+
+def _epoch_row(done: Progress, tally: _Tally, test_loss: float, test_acc: float, peak_mb: float,
+               pool_fraction: float, gns) -> dict[str, Any]:
+    """The history row of the epoch ``done`` has just counted in (the decision's columns come later)."""
+    return dict(epoch=done.epoch, batch_size=tally.samples / tally.steps, lr=tally.lr, steps=done.step,
+                samples=done.samples, train_loss=(tally.loss_sum / tally.samples).item(),     # .item(): the sync
+                train_entropy=(tally.entropy_sum / tally.samples).item(), test_loss=test_loss, test_acc=test_acc,
+                epoch_time_s=tally.seconds, wall_time_s=done.wall, energy_j=done.energy,
+                samples_per_s=tally.samples / tally.seconds, peak_mem_mb=peak_mb, oom_retries=tally.retries,
+                pool_fraction=pool_fraction, gns=gns.b_simple if gns is not None else math.nan)
+
+
+def _stop_if_failed(row: dict, rows: list[dict], chance: tuple[float, float], out: Path | None, strategy,
+                    config: TrainConfig, base_batch: int) -> None:
+    """Stop a run whose train loss is not finite (``Diverged``) or that learns nothing (``DeadRun``, see
+    ``_dead``): the row is logged with the reason and the history saved before the error is raised."""
+    kept = f"history so far kept{f' in {out}' if out else ''}"
+    if not math.isfinite(row["train_loss"]):
+        reason, error = "stopped: loss is not finite", Diverged
+        message = (f"training diverged at epoch {row['epoch']}: train loss is {row['train_loss']} at batch size "
+                   f"{row['batch_size']:.0f}, lr {row['lr']:g}; lower lr or use lr_rule='sqrt' ({kept})")
+    else:
+        dead = _dead([*rows, row], *chance)
+        if not dead:
+            return
+        reason, error = f"stopped: dead, {dead}", DeadRun
+        message = (f"the run is dead at epoch {row['epoch']}: {dead}; lower lr (now {config.lr:g} at batch "
+                   f"{base_batch}) or lengthen the warm-up ({kept})")
+    rows.append({**row, "next_batch": strategy.batch_size, "reason": reason})
+    raise error(message, save_history(out, rows, strategy))
 
 
 @torch.no_grad()
-def evaluate(model, batcher: DeviceBatcher, batch_size: int, autocast, channels_last: bool) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split."""
-    model.eval()
+def evaluate(step: TrainStep, batcher: DeviceBatcher, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split, with the step's forward (autocast, channels_last)."""
+    step.model.eval()
     loss_sum = torch.zeros((), device=batcher.y.device)
     correct = torch.zeros((), device=batcher.y.device)
     for xb, yb in batcher.batches(batch_size):
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            logits = model(xb)
+        logits = step.logits(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(dim=1) == yb).sum()
     n = batcher.num_samples
@@ -330,15 +326,34 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def compiled(model: torch.nn.Module, backend: str | Callable = "inductor"):
-    """``torch.compile`` with the batch dimension marked dynamic, so a new batch size reuses the same graph
-    instead of recompiling (tests count the compilations)."""
-    compiled_model = torch.compile(model, backend=backend)
+def _data(config: TrainConfig, quick: bool, device: torch.device):
+    """The dataset on the device: a seeded subset in quick mode, and the validation split when asked."""
+    data = load(config.dataset, root=config.data_root, device=device)
+    if quick:
+        data = data.subset(min(QUICK_SIZES[0], len(data.y_train)), min(QUICK_SIZES[1], len(data.y_test)),
+                           seed=config.seed)
+    if config.validation:
+        data = data.validation_split(config.validation)        # seed 0: every trial validates on the same samples
+    return data
 
-    def forward(x):
-        torch._dynamo.mark_dynamic(x, 0)
-        return compiled_model(x)
-    return forward
+
+def _strategy(config: TrainConfig, n_train: int, quick: bool):
+    """The strategy ``config`` names, refused when its smallest batch is larger than the training set."""
+    strategy = strategies.build(config.strategy, **config.strategy_params)
+    if strategy.min_batch > n_train:
+        raise ValueError(f"min_batch={strategy.min_batch} is larger than the training set of {config.dataset} "
+                         f"({n_train} examples{', quick mode' if quick else ''}): lower min_batch")
+    return strategy
+
+
+def _memory_watch(config: TrainConfig, strategy, model, train: DeviceBatcher) -> MemoryWatch:
+    """Each step's peak memory against ``memory_budget_mb``; a strategy that reads the signal needs a budget."""
+    budget = None if config.memory_budget_mb is None else config.memory_budget_mb * 2**20
+    watch = MemoryWatch(model, train.normalise(train.x[:1]), budget)
+    if "memory" in strategy.requires and watch.budget is None:
+        raise ValueError(f"strategy {config.strategy!r} reads the memory signal, which needs a budget on a "
+                         f"{watch.device.type.upper()}: set memory_budget_mb (--memory-budget-mb)")
+    return watch
 
 
 def _gns_tracker(config: TrainConfig):
@@ -347,23 +362,6 @@ def _gns_tracker(config: TrainConfig):
         return None
     from labkit.gns import GNSTracker
     return GNSTracker(every=config.gns_every) if config.gns_every else GNSTracker()
-
-
-def _measured_step(gns, model, xb, yb, autocast, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A GNS step's forward and backward, without a pass of its own: the tracker's k microbatch passes
-    leave the batch's mean gradient in ``.grad``, and their logits (concatenated) and losses (the
-    size-weighted mean) stand in for the batch's. BatchNorm normalises each microbatch by its own
-    statistics, so these logits differ slightly from one full-batch forward's."""
-    parts = []
-
-    def loss_fn(logits, target):
-        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-        parts.append((logits.detach(), loss.detach() * len(target)))
-        return loss
-
-    with autocast:
-        gns.measure(model, loss_fn, xb, yb)
-    return torch.cat([logits for logits, _ in parts]), torch.stack([total for _, total in parts]).sum() / len(yb)
 
 
 def _augment(config: TrainConfig, data) -> Augment | None:
@@ -436,19 +434,10 @@ def _memory_signal(usage: float | None) -> dict[str, float]:
     return {} if usage is None else {"memory": usage}
 
 
-def _requeue(xb, yb, pending: list, size: int) -> list:
-    """The failed batch and the pieces still waiting after it (``pending`` is a stack: the next piece is
-    last), re-split into pieces of ``size`` in the same order: no example is skipped or repeated."""
-    xs = torch.cat([xb, *(x for x, _ in reversed(pending))])
-    ys = torch.cat([yb, *(y for _, y in reversed(pending))])
-    return list(reversed(list(zip(xs.split(size), ys.split(size)))))
-
-
 def _after_oom(strategy, batch: int, failure: str) -> int:
-    """A step of ``batch`` examples ran out of memory: free what it left, let the strategy shrink, and
-    return the size to retry the same examples at. Only the ``memory`` strategy shrinks; for any other
-    (or at ``min_batch``) the error is raised again, with what to do."""
-    free_memory()
+    """A step of ``batch`` examples ran out of memory (``TrainStep`` has freed what it left): let the
+    strategy shrink, and return the size to retry the same examples at. Only the ``memory`` strategy
+    shrinks; for any other (or at ``min_batch``) the error is raised again, with what to do."""
     if not hasattr(strategy, "oom"):
         raise MemoryCapExceeded(f"batch {batch} ran out of memory ({failure}) under strategy "
                                 f"{strategy.name!r}: lower max_batch, or use strategy 'memory', which halves "
@@ -461,17 +450,4 @@ def _after_oom(strategy, batch: int, failure: str) -> int:
     return size
 
 
-def _save_history(out: Path | None, rows: list[dict], strategy=None) -> pd.DataFrame:
-    """Write ``history.csv`` (one row per epoch) and the strategy's decision log, ``decisions.csv``."""
-    history = pd.DataFrame(rows)
-    if out is not None:
-        with atomic_path(out / "history.csv") as partial:
-            history.to_csv(partial, index=False)
-        if strategy is not None:
-            with atomic_path(out / "decisions.csv") as partial:
-                pd.DataFrame([asdict(d) for d in strategy.history], columns=["step", "old", "new", "reason"]
-                             ).to_csv(partial, index=False)
-    return history
-
-
-__all__ = ["TrainConfig", "fit", "evaluate", "Diverged", "DeadRun", "BrokenRun", "make_optimizer", "compiled"]
+__all__ = ["TrainConfig", "fit", "evaluate", "Diverged", "DeadRun", "BrokenRun", "make_optimizer"]

@@ -26,7 +26,6 @@ TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--device", "cpu", "-
          "--no-progress"]
 SWEEP = ["sweep", "--dataset", "digits", "--model", "mlp", "--device", "cpu", "--epochs", "2", "--seeds", "0",
          "--runs", "fixed:b_init=64", "linear:b_init=32,a=16", "--no-progress"]
-ENV = {**os.environ, "LABKIT_DATA": os.environ.get("LABKIT_DATA", "/work/shared/datasets")}
 
 
 def rows(path: Path) -> int:
@@ -37,7 +36,7 @@ def rows(path: Path) -> int:
 
 
 def start(argv: list[str], out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "labkit", *argv, "--out", str(out)], env=ENV,
+    return subprocess.Popen([sys.executable, "-m", "labkit", *argv, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -176,6 +175,26 @@ def test_a_checkpoint_of_another_model_is_broken(run, tmp_path):
     state["model"] = {k + "x": v for k, v in state["model"].items()}
     torch.save(state, folder / "checkpoint.pt")
     with pytest.raises(BrokenRun, match="not a readable checkpoint"):
+        fit(BASE, folder, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("counters, resumes", [
+    (lambda c: [c["epoch"], c["step"], c["samples"], c["wall"], c["energy"]], True),   # the list saved before 2026-12
+    (lambda c: [c["epoch"], c["step"], c["samples"], c["wall"]], False),
+    (lambda c: {**c, "epochs": 2}, False),
+    (lambda c: {**c, "epoch": 1}, False),                                               # 2 history rows
+])
+def test_checkpoint_counters_old_and_broken(run, tmp_path, counters, resumes):
+    folder = copy_of(run, tmp_path)
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert state["counters"]["epoch"] == 2 and state["counters"]["samples"] == state["history"][-1]["samples"]
+    state["counters"] = counters(state["counters"])
+    torch.save(state, folder / "checkpoint.pt")
+    if resumes:
+        history = fit(BASE, folder, resume=True, progress=False)
+        pd.testing.assert_frame_equal(history, read_history(folder / "history.csv"))
+        return
+    with pytest.raises(BrokenRun, match="checkpoint.pt is not a readable checkpoint .*counters"):
         fit(BASE, folder, resume=True, progress=False)
 
 

@@ -7,13 +7,13 @@ from unittest.mock import patch
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from labkit import memory
 from labkit.memory import (MemoryCapExceeded, NothingFits, StepMemory, format_bytes, max_batch_that_fits,
                            probe_step)
+from labkit.step import TrainStep
 
 
 def oom_above(threshold: int, tried: list):
@@ -93,7 +93,7 @@ def test_other_errors_are_raised_and_the_state_still_restored(error):
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     weights, optimizer_state = snapshot(model, optimizer)
-    train = probe_step(model, optimizer, batches)
+    train = probe_step(TrainStep(model, optimizer), batches)
 
     def step(batch):
         if batch == 64:
@@ -115,8 +115,8 @@ def test_cpu_cap_binds_at_the_step_memory_model_and_probing_trains_nothing():
     # per example: the input and every leaf's output (64 + 64 + 32 + 32 + 32 + 10 floats), doubled
     assert estimate.per_example_bytes == memory.ACTIVATION_FACTOR * 4 * (64 + 64 + 3 * 32 + 10)
     cap = estimate(300) + 1
-    probe = max_batch_that_fits(probe_step(model, optimizer, batches, memory_cap_bytes=cap), start=8, limit=4096,
-                                restore=(model, optimizer))
+    probe = max_batch_that_fits(probe_step(TrainStep(model, optimizer), batches, memory_cap_bytes=cap), start=8,
+                                limit=4096, restore=(model, optimizer))
     assert probe.max_batch == 296 and not probe.limited
     failed = [t for t in probe.trials if not t.fits]
     assert failed and all("more than the cap" in t.error for t in failed)
@@ -135,8 +135,7 @@ def test_probe_step_trains_and_raises_the_cap_before_allocating():
         built.append(size)
         return batches(size)
 
-    step = probe_step(model, optimizer, batch_of, loss_fn=F.cross_entropy, memory_cap_bytes=StepMemory.of(
-        model, batches(1)[0])(100))
+    step = probe_step(TrainStep(model, optimizer), batch_of, memory_cap_bytes=StepMemory.of(model, batches(1)[0])(100))
     before = model[1].weight.clone()
     step(50)
     assert not torch.equal(before, model[1].weight)              # a real optimizer step

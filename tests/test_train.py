@@ -146,7 +146,7 @@ def test_compiled_model_does_not_recompile_when_the_batch_size_changes():
     import torch
 
     from labkit.models import build_model
-    from labkit.train import compiled
+    from labkit.step import compiled
 
     graphs = []
 
