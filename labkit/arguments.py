@@ -5,38 +5,66 @@ and what is allowed). ``labkit.cli`` runs the commands.
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 from pathlib import Path
+from typing import Any, Callable
 
 
 def _number(text: str) -> int | float:
-    """'1024' → 1024, '0.8' → 0.8: ``--target`` is a batch size (progressive) or a share (memory)."""
+    """'1024' → 1024, '0.8' → 0.8: for a flag that is a count in one strategy and a share in another
+    (``--target``: a batch size for progressive, a memory share for memory)."""
     try:
         return int(text)
     except ValueError:
         return float(text)
 
 
-STRATEGY_FLAGS = {   # flag → (type, help); passed to labkit.strategies.build only when given
-    "b_init": (int, "batch size at the start"),
-    "min_batch": (int, "lower bound on the batch size"),
-    "max_batch": (int, "upper bound on the batch size"),
-    "multiple_of": (int, "round every batch size to a multiple of this (8 or 32 suit GPUs)"),
-    "a": (float, "growth step (linear) or factor (exponential)"),
-    "alpha": (float, "EMA coefficient in (0, 1]"),
-    "window": (int, "K, the window of the loss variance"),
-    "delta": (str, "loss change: diff | ema | variance"),
-    "change": (str, "growth: linear | exponential"),
-    "tolerance": (float, "relative loss change (or variation) treated as no change"),
-    "period": (int, "cyclical: steps per cycle"),
-    "mode": (str, "cyclical: triangular | cosine | sawtooth"),
-    "warmup": (int, "progressive: steps of the warm-up"),
-    "target": (_number, "progressive: batch size at the end of the warm-up; memory: the share of memory "
-                        "aimed at, e.g. 0.8"),
-    "milestones": (str, "epoch: 'EPOCH>BATCH;...', e.g. '5>128;10>256' (quoted), as in run specs"),
-    "low": (float, "confidence: grow below this normalised entropy; memory: grow below this memory share"),
-    "high": (float, "confidence: shrink above this normalised entropy; memory: shrink above this share"),
-    "scale": (float, "gns: target = scale · B_simple"),
-}
+KINDS = {"int": int, "float": float, "str": str}
+
+
+def strategy_flags() -> dict[str, tuple[Callable[[str], Any], str]]:
+    """flag → (parser, help) for every parameter of every registered strategy, read from their ``Param``
+    declarations and constructor annotations: one flag per name, its help grouped by the strategies that
+    share a text ('linear: …; gns, memory: …'), a number parser where strategies disagree on int/float."""
+    from labkit.strategies import STRATEGIES, Strategy
+
+    kinds: dict[str, set] = {}
+    helps: dict[str, dict[str, list[str]]] = {}
+    parsers: dict[str, Callable] = {}
+    for name, cls in STRATEGIES.items():
+        hints = {p.name: p.annotation for p in _constructor_parameters(cls)}
+        for param in cls.parameters():
+            declared = cls.param(param)
+            if declared.parse is not None:
+                parsers[param] = _own_message(declared.parse)
+            hint = hints.get(param, "")
+            kind = re.match(r"\s*(int|float|str)\b", hint.__name__ if isinstance(hint, type) else str(hint))
+            kinds.setdefault(param, set()).add(KINDS[kind.group(1)] if kind else str)
+            helps.setdefault(param, {}).setdefault(declared.help, []).append(name)
+    flags = {}
+    for param, texts in helps.items():
+        parse = parsers.get(param) or (next(iter(kinds[param])) if len(kinds[param]) == 1 else _number)
+        shared = len(texts) == 1 and Strategy.param(param) is not None
+        text = next(iter(texts)) if shared else "; ".join(f"{', '.join(names)}: {t}" for t, names in texts.items())
+        flags[param] = (parse, text)
+    return flags
+
+
+def _own_message(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` whose ValueError message argparse prints as it is (not 'invalid parse value')."""
+    def parse_flag(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse_flag
+
+
+def _constructor_parameters(cls) -> list[inspect.Parameter]:
+    """The keyword parameters of ``cls`` and its bases' constructors, nearest first."""
+    return [p for klass in cls.__mro__ if "__init__" in vars(klass) and klass is not object
+            for p in inspect.signature(klass.__init__).parameters.values()]
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,7 +91,7 @@ def build_parser() -> Parser:
     train.add_argument("--strategy", default="fixed", choices=list(STRATEGIES))
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     group = train.add_argument_group("strategy parameters (passed on only when given)")
-    for name, (kind, text) in STRATEGY_FLAGS.items():
+    for name, (kind, text) in strategy_flags().items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text, default=argparse.SUPPRESS)
 
     sweep = commands.add_parser("sweep", help="train under several strategies and seeds, then compare",
@@ -112,7 +140,7 @@ def build_parser() -> Parser:
     find.add_argument("--seed", type=int, default=0)
     find.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: cuda when present)")
     find.add_argument("--quick", action="store_true", help="small data subset and budgets (as LABKIT_QUICK=1)")
-    find.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
+    find.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA, else ~/.cache/labkit)")
     find.add_argument("--out", type=Path, help="folder for recommendation.json, evidence.csv, finder.png")
 
     serve = commands.add_parser("serve-bench", help="time-window inference batching vs one-by-one, under load",
@@ -143,43 +171,50 @@ def build_parser() -> Parser:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of a training run shared by ``train`` and ``sweep``."""
+    """The arguments of a training run shared by ``train``, ``sweep`` and ``tune``; their defaults are
+    ``TrainConfig``'s own."""
+    from dataclasses import fields
+
     from labkit.lr_schedules import LR_SCHEDULES
     from labkit.strategies import LR_RULES
-    from labkit.train import DECIDE, OPTIMIZERS
+    from labkit.train import DECIDE, OPTIMIZERS, TrainConfig
 
-    parser.add_argument("--dataset", default="mnist", help="mnist | fashion-mnist | cifar10 | mnist1d | digits")
-    parser.add_argument("--model", default="mlp", help="mlp | cnn | resnet | conv1d")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate at the base batch size")
-    parser.add_argument("--lr-rule", default="sqrt", choices=LR_RULES, help="how lr follows the batch size")
-    parser.add_argument("--lr-schedule", default="linear", choices=LR_SCHEDULES,
+    d = {f.name: f.default for f in fields(TrainConfig)}
+    parser.add_argument("--dataset", default=d["dataset"], help="mnist | fashion-mnist | cifar10 | mnist1d | digits")
+    parser.add_argument("--model", default=d["model"], help="mlp | cnn | resnet | conv1d")
+    parser.add_argument("--epochs", type=int, default=d["epochs"])
+    parser.add_argument("--lr", type=float, default=d["lr"], help="learning rate at the base batch size")
+    parser.add_argument("--lr-rule", default=d["lr_rule"], choices=LR_RULES, help="how lr follows the batch size")
+    parser.add_argument("--lr-schedule", default=d["lr_schedule"], choices=LR_SCHEDULES,
                         help="peak lr × schedule(share of training samples seen): warm-up then linear decay to "
                              "zero (default), cosine, step (×0.1 at 50%% and 75%%), onecycle, or constant")
     parser.add_argument("--lr-warmup", type=float, metavar="EPOCHS",
                         help="epochs of linear warm-up (default 1, at most a fifth of the run; constant: 0)")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, help="ε of the training loss")
+    parser.add_argument("--label-smoothing", type=float, default=d["label_smoothing"], help="ε of the training loss")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="random crop (4 px, reflect) and flip on the device (default: on for cifar10)")
-    parser.add_argument("--validation", type=float, default=0.0,
+    parser.add_argument("--validation", type=float, default=d["validation"],
                         help="share of the training set held out and evaluated instead of the test split "
                              "(tune: default 0.1; train and sweep: default 0, the test split)")
     parser.add_argument("--base-batch", type=int, help="batch size --lr was tuned for (default: b_init)")
-    parser.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
-    parser.add_argument("--decide-every", default="epoch", choices=DECIDE)
-    parser.add_argument("--gns-every", type=int, default=0, help="measure the gradient noise scale every N steps")
+    parser.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZERS)
+    parser.add_argument("--decide-every", default=d["decide_every"], choices=DECIDE)
+    parser.add_argument("--gns-every", type=int, default=d["gns_every"],
+                        help="measure the gradient noise scale every N steps (0: off)")
     parser.add_argument("--memory-budget-mb", type=float, help="memory the memory signal is measured against "
                         "(CUDA: default the device's memory, a smaller budget is enforced; CPU: estimated)")
     parser.add_argument("--curriculum", help="easiest data first, by per-example loss: 'self' (the model being "
                         "trained, each epoch) or a run folder holding a reference model's checkpoint.pt")
-    parser.add_argument("--curriculum-c0", type=float, default=0.25, help="share of the data in the first epoch")
-    parser.add_argument("--curriculum-epochs", type=int, default=5, help="epoch from which all data is used")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-batch", type=int, help="batch size of evaluation (default 2048)")
+    parser.add_argument("--curriculum-c0", type=float, default=d["curriculum_c0"],
+                        help="share of the data in the first epoch")
+    parser.add_argument("--curriculum-epochs", type=int, default=d["curriculum_epochs"],
+                        help="epoch from which all data is used")
+    parser.add_argument("--seed", type=int, default=d["seed"])
+    parser.add_argument("--eval-batch", type=int, default=d["eval_batch"], help="batch size of evaluation")
     parser.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: cuda when present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic batch dim)")
     parser.add_argument("--quick", action="store_true", help="small data subset (as LABKIT_QUICK=1)")
-    parser.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA or the shared folder)")
+    parser.add_argument("--data", dest="data_root", help="dataset root (default: $LABKIT_DATA, else ~/.cache/labkit)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -215,7 +250,7 @@ def run_config(args: argparse.Namespace, strategy: str = "fixed", params: dict |
                          curriculum_c0=args.curriculum_c0, curriculum_epochs=args.curriculum_epochs,
                          seed=args.seed, device=args.device, compile=args.compile,
                          quick=True if args.quick else None, data_root=args.data_root,
-                         **({} if args.eval_batch is None else {"eval_batch": args.eval_batch})).checked()
+                         eval_batch=args.eval_batch).checked()
     pick_device(args.device)
     check_out(args.out)
     return config

@@ -14,8 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from labkit.arguments import STRATEGY_FLAGS, build_parser, check_numbers, check_out, check_runs, run_config
-from labkit.strategies.schedules import parse_milestones
+from labkit.arguments import build_parser, check_numbers, check_out, check_runs, run_config, strategy_flags
 
 
 # -- running a command: one line for every way it can end early ------------------------------------------
@@ -66,10 +65,7 @@ def _one_line(command: str, error: Exception) -> tuple[int, str]:
 
 def _strategy_params(args: argparse.Namespace) -> dict:
     """The strategy flags given on the command line, as ``labkit.strategies.build`` takes them."""
-    params = {name: getattr(args, name) for name in STRATEGY_FLAGS if hasattr(args, name)}
-    if "milestones" in params:
-        params["milestones"] = parse_milestones(params["milestones"])
-    return params
+    return {name: getattr(args, name) for name in strategy_flags() if hasattr(args, name)}
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -156,7 +156,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     model = build_model(config.model, data.input_shape, data.num_classes).to(device)
     base_batch = config.base_batch or strategy.b_init
     optimizer = make_optimizer(config, model)
-    gns = _gns_tracker(config)
+    gns = _gns_tracker(config, strategy)
     train = DeviceBatcher(data.x_train, data.y_train, mean=data.mean, std=data.std, shuffle=True,
                           seed=config.seed, drop_last=True, augment=_augment(config, data))
     test = DeviceBatcher(data.x_test, data.y_test, mean=data.mean, std=data.std, shuffle=False)
@@ -177,7 +177,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             # -- train: batches of the strategy's size from the epoch's pool (all data, or the easiest) -------
             pool = None if curriculum is None else curriculum(epoch).pool(epoch)
             lr = partial(_lr, config, schedule, base_batch, epoch, n_train if pool is None else len(pool))
-            decide = partial(_decide_now, strategy, epoch, gns) if config.decide_every == "step" else None
+            decide = partial(_decide_now, strategy, epoch, gns, _Lap()) if config.decide_every == "step" else None
             tally = _train_epoch(step, train.batches(lambda: strategy.batch_size, pool=pool), lr, shrink, decide,
                                  meter)
             if tally.steps == 0:
@@ -194,7 +194,7 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             _stop_if_failed(row, rows, chance, out, strategy, config, base_batch)
             if config.decide_every == "epoch":
                 strategy.step(loss=row["train_loss"], entropy=row["train_entropy"], epoch=epoch + 1,
-                              **_gns_signal(gns), **_memory_signal(usage))
+                              step_time=tally.seconds / tally.steps, **_gns_signal(gns), **_memory_signal(usage))
             rows.append({**row, "next_batch": strategy.batch_size,
                          "reason": strategy.history[-1].reason if strategy.history else ""})
             bar.set_postfix(B=int(row["batch_size"]), loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}")
@@ -262,13 +262,26 @@ def _lr(config: TrainConfig, schedule: LRSchedule, base_batch: int, epoch: int, 
     return config.lr * schedule.factor_at(p) * strategies.scaled_lr(1.0, base_batch, batch, config.lr_rule)
 
 
-def _decide_now(strategy, epoch: int, gns, result: StepResult, entropy: torch.Tensor) -> bool:
-    """A per-step decision from the step's loss and entropy (``.item()``: a sync per step); False, and no
-    decision, when the loss is not finite."""
+class _Lap:
+    """Seconds since the previous call (or since it was made): after a per-step decision's sync, the time
+    of the step just taken, decision included."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def __call__(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
+
+
+def _decide_now(strategy, epoch: int, gns, lap: _Lap, result: StepResult, entropy: torch.Tensor) -> bool:
+    """A per-step decision from the step's loss, entropy and time (``.item()``: a sync per step); False,
+    and no decision, when the loss is not finite."""
     loss = result.loss.item()
     if not math.isfinite(loss):
         return False
-    strategy.step(loss=loss, entropy=entropy.item(), epoch=epoch + 1, **_gns_signal(gns),
+    strategy.step(loss=loss, entropy=entropy.item(), epoch=epoch + 1, step_time=lap(), **_gns_signal(gns),
                   **_memory_signal(result.usage))
     return True
 
@@ -356,9 +369,10 @@ def _memory_watch(config: TrainConfig, strategy, model, train: DeviceBatcher) ->
     return watch
 
 
-def _gns_tracker(config: TrainConfig):
-    """The tracker: every ``gns_every`` steps, or at ``GNSTracker``'s default interval for the gns strategy."""
-    if not config.gns_every and config.strategy != "gns":
+def _gns_tracker(config: TrainConfig, strategy):
+    """The tracker: every ``gns_every`` steps, or at ``GNSTracker``'s default interval for a strategy that
+    requires the ``gns`` signal."""
+    if not config.gns_every and "gns" not in strategy.requires:
         return None
     from labkit.gns import GNSTracker
     return GNSTracker(every=config.gns_every) if config.gns_every else GNSTracker()
@@ -438,11 +452,11 @@ def _after_oom(strategy, batch: int, failure: str) -> int:
     """A step of ``batch`` examples ran out of memory (``TrainStep`` has freed what it left): let the
     strategy shrink, and return the size to retry the same examples at. Only the ``memory`` strategy
     shrinks; for any other (or at ``min_batch``) the error is raised again, with what to do."""
-    if not hasattr(strategy, "oom"):
+    size = strategy.oom(batch)
+    if size is None:
         raise MemoryCapExceeded(f"batch {batch} ran out of memory ({failure}) under strategy "
                                 f"{strategy.name!r}: lower max_batch, or use strategy 'memory', which halves "
                                 f"the batch and retries")
-    size = strategy.oom(batch)
     if size >= batch:
         raise MemoryCapExceeded(f"batch {batch} ran out of memory ({failure}) at min_batch="
                                 f"{strategy.min_batch}: nothing smaller to try; lower min_batch or raise the budget")

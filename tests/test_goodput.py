@@ -89,6 +89,16 @@ def test_the_memory_ceiling_binds():
     assert max(run(rounded, gpu, gns=5000.0, steps=10)) == 768                        # not 780 → 768/800
 
 
+def test_the_memory_ceiling_overrides_the_step_limit():
+    strategy = GoodputBased(1024, max_batch=4096)                      # one reading: B·0.9/u = 1024·0.9/3
+    assert strategy.step(gns=1000.0, step_time=0.03, memory=3.0) == 307    # not 512 = B/a
+    assert "memory ceiling 307" in strategy.history[-1].reason
+    falling = GoodputBased(64, max_batch=4096)
+    falling.step(gns=1000.0, step_time=0.03)
+    falling.step(gns=1000.0, step_time=0.02)                           # slower at 64 than at 128
+    assert "t(B) = 0.04 − 0.000156·B s" in falling.history[-1].reason
+
+
 def test_bounds_hold_under_noisy_signals_and_decisions_replay_from_the_log():
     gpu = SyntheticGPU(noise=0.3, seed=1)
     strategy = GoodputBased(32, min_batch=16, max_batch=2048, multiple_of=16)

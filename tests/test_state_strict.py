@@ -13,7 +13,7 @@ from labkit.state import StateKeyError
 
 PARAMS = {"loss": {"delta": "variance", "window": 3}, "epoch": {"milestones": {2: 128, 4: 256}},
           "cyclical": {"period": 4}, "linear": {"a": 16.0}}
-SIGNALS = dict(loss=1.0, entropy=0.5, gns=100.0, memory=0.5)
+SIGNALS = dict(loss=1.0, entropy=0.5, gns=100.0, memory=0.5, step_time=0.01)
 
 
 def used(name):

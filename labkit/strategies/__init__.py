@@ -5,21 +5,19 @@
     >>> strategy.batch_size, strategy.step(), strategy.step()
     (32, 48, 64)
 
-Names for ``build``: fixed, linear, exponential, cyclical, loss, confidence, gns, progressive, epoch, memory.
+Names for ``build``: fixed, linear, exponential, cyclical, progressive, epoch, loss, confidence, gns, memory,
+goodput, and any ``Strategy`` subclass defined with a ``name`` (it registers itself; see ``Param``).
 Shared parameter names: b_init, min_batch, max_batch, multiple_of, a, alpha, window, delta, change.
 """
 from __future__ import annotations
 
-from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased, MemoryBased
-from labkit.strategies.base import Adaptive, Decision, Strategy
-from labkit.strategies.coupling import LR_RULES, LRCoupling, adascale_gain, scaled_lr
+from labkit.strategies.base import REGISTRY, Adaptive, Decision, Param, Strategy
 from labkit.strategies.schedules import Cyclical, EpochBased, Exponential, Fixed, Linear, Progressive, Schedule
+from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased, MemoryBased
+from labkit.strategies.goodput import GoodputBased
+from labkit.strategies.coupling import LR_RULES, LRCoupling, adascale_gain, scaled_lr
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (Fixed, Linear, Exponential, Cyclical, LossBased, ConfidenceBased, GNSBased, Progressive, EpochBased,
-                MemoryBased)
-}
+STRATEGIES: dict[str, type[Strategy]] = REGISTRY   # every subclass with a name, in the order defined
 
 
 def parameters(name: str) -> list[str]:
@@ -44,6 +42,7 @@ def _lookup(name: str) -> type[Strategy]:
     return STRATEGIES[name]
 
 
-__all__ = ["Strategy", "Schedule", "Adaptive", "Decision", "Fixed", "Linear", "Exponential", "Cyclical",
+__all__ = ["Strategy", "Schedule", "Adaptive", "Decision", "Param", "REGISTRY", "GoodputBased", "Fixed", "Linear",
+           "Exponential", "Cyclical",
            "LossBased", "ConfidenceBased", "GNSBased", "MemoryBased", "Progressive", "EpochBased", "STRATEGIES",
            "build", "parameters", "scaled_lr", "LR_RULES", "LRCoupling", "adascale_gain"]

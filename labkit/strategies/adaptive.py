@@ -6,10 +6,11 @@ Memory-based batching.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from labkit.checks import check_choice, check_float, check_int
 from labkit.signals import DELTAS, loss_tracker, max_entropy, window_std
-from labkit.strategies.base import Adaptive, Decision, Strategy
+from labkit.strategies.base import Adaptive, Decision, Param, Strategy
 
 
 class LossBased(Adaptive):
@@ -44,6 +45,13 @@ class LossBased(Adaptive):
     name = "loss"
     uses = ("loss",)
     requires = ("loss",)
+    params = {
+        "delta": Param("loss change: diff | ema | variance", "Δ mode", list(DELTAS)),
+        "alpha": Param("EMA coefficient in (0, 1]", "α", [0.1, 0.3, 0.5, 0.7, 0.9], when=("delta", "ema")),
+        "window": Param("K, the window of the loss variance", "K (window)", [2, 3, 5, 8],
+                        when=("delta", "variance")),
+        "tolerance": Param("relative loss change (or variation) treated as no change", "τ"),
+    }
 
     def __init__(self, b_init: int = 32, *, a: float = 2.0, change: str = "exponential", delta: str = "diff",
                  alpha: float = 0.3, window: int = 3, tolerance: float = 0.01, **bounds):
@@ -114,6 +122,11 @@ class ConfidenceBased(Adaptive):
     name = "confidence"
     uses = ("entropy",)
     requires = ("entropy",)
+    params = {
+        "num_classes": Param("C, the number of classes (the entropy is divided by log C)", "classes"),
+        "low": Param("grow below this normalised entropy", "low (h)", [0.1, 0.2, 0.3, 0.4]),
+        "high": Param("shrink above this normalised entropy", "high (h)", [0.5, 0.6, 0.7, 0.8]),
+    }
 
     def __init__(self, b_init: int = 32, *, num_classes: int = 10, low: float = 0.2, high: float = 0.6,
                  a: float = 2.0, change: str = "exponential", **bounds):
@@ -149,6 +162,9 @@ class GNSBased(Strategy):
     name = "gns"
     uses = ("gns",)
     requires = ("gns",)
+    params = {"alpha": Param("smoothing of the noise scale, in (0, 1]", "α", [0.1, 0.3, 0.5, 0.7, 0.9]),
+              "a": Param("the most the batch moves per decision, a factor", "a", [1.25, 1.5, 2.0, 4.0]),
+              "scale": Param("target = scale · B_simple", "scale", [0.5, 1.0, 2.0])}
 
     def __init__(self, b_init: int = 32, *, alpha: float = 0.3, a: float = 2.0, scale: float = 1.0, **bounds):
         super().__init__(b_init, **bounds)
@@ -191,6 +207,15 @@ class MemoryBased(Strategy):
     name = "memory"
     uses = ("memory",)
     requires = ("memory",)
+    params = {
+        "target": Param("the share of the memory budget aimed at, e.g. 0.8", "target share",
+                        [0.5, 0.6, 0.7, 0.8, 0.9]),
+        "low": Param("grow below this share of the memory budget", "low (memory share)", [0.3, 0.5, 0.6]),
+        "high": Param("shrink above this share of the memory budget", "high (memory share)", [0.9, 0.95]),
+        "a": Param("the most the batch moves per decision, a factor", "a", [1.5, 2.0, 4.0, 8.0]),
+        "b_init": replace(Strategy.params["b_init"], options=[32, 256, 2048]),
+        "max_batch": replace(Strategy.params["max_batch"], options=[1024, 4096, 16384]),
+    }
 
     def __init__(self, b_init: int = 32, *, target: float = 0.8, low: float = 0.6, high: float = 0.9,
                  a: float = 2.0, **bounds):

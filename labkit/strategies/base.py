@@ -11,6 +11,12 @@ Every strategy keeps its value inside the bounds and rounds it:
 
 The unrounded value is kept too (``value``), so slow growth such as ×1.05 per step is not lost to rounding.
 Each call appends a ``Decision(step, old, new, reason)`` to ``history``.
+
+A strategy's hyper-parameters are declared once: their types, defaults and checks in the constructor, and
+beside it a ``Param`` per parameter in the class's ``params`` (help text, panel label and options, when it
+matters). Defining a subclass with a ``name`` registers it in ``REGISTRY``: ``labkit.strategies.build``,
+the command line's flags and the panels' controls all read it from there, so a new strategy needs no edit
+anywhere else.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from labkit.checks import check_float, check_int
 from labkit.state import Stateful
@@ -31,6 +37,22 @@ class Decision:
     old: int
     new: int
     reason: str
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter of a strategy, described once for every reader: ``help`` for its command-line
+    flag, ``label`` and ``options`` for a panel's control (a list of values, or a dict of lists keyed by the
+    value of ``change``), ``when = (other, value)`` if it matters only when ``other`` is ``value``, and
+    ``parse`` to read it from command-line text (default: the type its constructor annotation names)."""
+    help: str
+    label: str | None = None
+    options: Any = None
+    when: tuple[str, str] | None = None
+    parse: Callable[[str], Any] | None = None
+
+
+REGISTRY: dict[str, type[Strategy]] = {}   # name → class, in the order the classes were defined
 
 
 class Strategy(Stateful, ABC):
@@ -48,8 +70,36 @@ class Strategy(Stateful, ABC):
     name: ClassVar[str] = ""
     uses: ClassVar[tuple[str, ...]] = ()        # signals the rule reads
     requires: ClassVar[tuple[str, ...]] = ()    # signals that must be present on every step
+    params: ClassVar[dict[str, Param]] = {
+        "b_init": Param("batch size at the start", "B_init", [16, 32, 64]),
+        "min_batch": Param("lower bound on the batch size", "min batch", [8, 16]),
+        "max_batch": Param("upper bound on the batch size", "max batch", [256, 512, 1024]),
+        "multiple_of": Param("round every batch size to a multiple of this (8 or 32 suit GPUs)", "multiple of"),
+    }
 
     records = {"history": Decision}
+
+    def __init_subclass__(cls, **kwargs):
+        """Register a concrete strategy (one with a ``name``) and check that every constructor parameter
+        has its ``Param``."""
+        super().__init_subclass__(**kwargs)
+        if not vars(cls).get("name"):
+            return
+        undeclared = [p for p in cls.parameters() if cls.param(p) is None]
+        if undeclared:
+            raise TypeError(f"strategy {cls.name!r} ({cls.__name__}) declares no Param for {undeclared}: add "
+                            f"them to its class attribute params = {{'{undeclared[0]}': Param('help'), ...}}")
+        REGISTRY[cls.name] = cls
+
+    @classmethod
+    def param(cls, name: str) -> Param | None:
+        """The ``Param`` of ``name``: the nearest declaration along the class's bases (a subclass may give a
+        parameter its own help or options), or None."""
+        for klass in cls.__mro__:
+            declared = vars(klass).get("params", {})
+            if name in declared:
+                return declared[name]
+        return None
 
     def __init__(self, b_init: int = 32, *, min_batch: int = 8, max_batch: int = 1024, multiple_of: int = 1):
         self.multiple_of = check_int("multiple_of", multiple_of, low=1)
@@ -89,6 +139,12 @@ class Strategy(Stateful, ABC):
     @abstractmethod
     def _decide(self, **signals: float) -> tuple[float, str]:
         """The rule: the next (unclamped) value and the reason for it."""
+
+    def oom(self, failed: int | None = None) -> int | None:
+        """A training step of ``failed`` examples ran out of memory. A strategy that adapts returns the batch
+        size to retry at (``MemoryBased`` halves it); this base rule does not, and returns None: the
+        training loop then stops and says what to do."""
+        return None
 
     # -- bounds and rounding ----------------------------------------------------------------------
     def _clamp(self, value: float) -> float:
@@ -155,6 +211,12 @@ class Adaptive(Strategy):
     ``change="linear"``: grow B ← B + a, shrink B ← B − a (a > 0).
     ``change="exponential"``: grow B ← B·a, shrink B ← B / a (a > 1).
     """
+
+    params = {
+        "a": Param("the step: samples added (change=linear) or a factor (change=exponential)", "a",
+                   {"exponential": [1.25, 1.5, 2.0, 3.0], "linear": [8, 16, 32, 64]}),
+        "change": Param("growth: linear | exponential", "change", ["exponential", "linear"]),
+    }
 
     def __init__(self, b_init: int = 32, *, a: float = 2.0, change: str = "exponential", **bounds):
         super().__init__(b_init, **bounds)

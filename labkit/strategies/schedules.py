@@ -10,7 +10,7 @@ from abc import abstractmethod
 from typing import Mapping
 
 from labkit.checks import check_choice, check_float, check_int
-from labkit.strategies.base import Strategy
+from labkit.strategies.base import Param, Strategy
 
 
 class Schedule(Strategy):
@@ -54,6 +54,7 @@ class Linear(Schedule):
     """
 
     name = "linear"
+    params = {"a": Param("samples added per step (negative: a linear decrease)", "a", [-16, 8, 16, 32, 64])}
 
     def __init__(self, b_init: int = 32, *, a: float = 32.0, **bounds):
         super().__init__(b_init, **bounds)
@@ -74,6 +75,7 @@ class Exponential(Schedule):
     """
 
     name = "exponential"
+    params = {"a": Param("factor per step (below 1: a decrease)", "a", [0.8, 1.1, 1.25, 1.5, 2.0])}
 
     def __init__(self, b_init: int = 32, *, a: float = 2.0, **bounds):
         super().__init__(b_init, **bounds)
@@ -104,6 +106,8 @@ class Cyclical(Schedule):
     """
 
     name = "cyclical"
+    params = {"period": Param("steps per cycle", "period", [4, 6, 8, 10, 12, 16]),
+              "mode": Param("triangular | cosine | sawtooth", "cycle mode", list(CYCLE_MODES))}
 
     def __init__(self, b_init: int = 32, *, period: int = 10, mode: str = "triangular", **bounds):
         super().__init__(b_init, **bounds)
@@ -136,6 +140,9 @@ class Progressive(Schedule):
     """
 
     name = "progressive"
+    params = {"target": Param("batch size at the end of the warm-up (default: max_batch)", "target"),
+              "warmup": Param("steps of the warm-up", "warm-up steps", [5, 10, 15, 20, 30]),
+              "change": Param("warm-up shape: linear | exponential", "change", ["linear", "exponential"])}
 
     def __init__(self, b_init: int = 32, *, target: int | None = None, warmup: int = 10,
                  change: str = "linear", **bounds):
@@ -175,6 +182,8 @@ class EpochBased(Schedule):
 
     name = "epoch"
     uses = ("epoch",)
+    params = {"milestones": Param("'EPOCH>BATCH;...', e.g. '5>128;10>256' (quoted), as in run specs",
+                                  "milestones", parse=parse_milestones)}
 
     def __init__(self, b_init: int = 32, *, milestones: Mapping[int, int] | None = None, **bounds):
         super().__init__(b_init, **bounds)

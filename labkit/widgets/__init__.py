@@ -12,13 +12,14 @@ B_0 … B_steps; ``synthetic_loss`` / ``synthetic_entropy`` / ``synthetic_gns`` 
 curves; ``plot_trajectories`` draws trajectories with matplotlib.
 Chapters: every strategy chapter of the book.
 """
+from labkit.widgets.goodput import GoodputPanel, goodput_panel
 from labkit.widgets.grid import MAX_POINTS, trajectory
 from labkit.widgets.noise import NoisePanel, noise_panel, plot_pair
 from labkit.widgets.panel import TrajectoryPanel, trajectory_panel
 from labkit.widgets.plot import plot_trajectories
-from labkit.widgets.synthetic import (MemoryModel, default_signals, synthetic_entropy, synthetic_gns,
+from labkit.widgets.synthetic import (MemoryModel, StepTimeModel, default_signals, synthetic_entropy, synthetic_gns,
                                       synthetic_loss)
 
 __all__ = ["trajectory_panel", "TrajectoryPanel", "trajectory", "plot_trajectories", "synthetic_loss",
            "synthetic_entropy", "synthetic_gns", "default_signals", "MemoryModel", "MAX_POINTS", "noise_panel",
-           "NoisePanel", "plot_pair"]
+           "NoisePanel", "plot_pair", "goodput_panel", "GoodputPanel", "StepTimeModel"]

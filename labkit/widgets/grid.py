@@ -25,48 +25,10 @@ from labkit.strategies import STRATEGIES, Strategy, build, parameters
 
 MAX_POINTS = 5000  # distinct grid points a panel may precompute (each is `steps` calls of step())
 
-# Options a control gets when the caller does not give them; only parameters the strategy takes are used.
-DEFAULT_VALUES: dict[str, list] = {
-    "b_init": [16, 32, 64],
-    "min_batch": [8, 16],
-    "max_batch": [256, 512, 1024],
-    "delta": ["diff", "ema", "variance"],
-    "alpha": [0.1, 0.3, 0.5, 0.7, 0.9],
-    "window": [2, 3, 5, 8],
-    "mode": ["triangular", "cosine", "sawtooth"],
-    "period": [4, 6, 8, 10, 12, 16],
-    "warmup": [5, 10, 15, 20, 30],
-    "change": ["exponential", "linear"],
-    "low": [0.1, 0.2, 0.3, 0.4],
-    "high": [0.5, 0.6, 0.7, 0.8],
-    "scale": [0.5, 1.0, 2.0],
-}
-STRATEGY_VALUES: dict[tuple[str, str], Any] = {
-    ("linear", "a"): [-16, 8, 16, 32, 64],
-    ("exponential", "a"): [0.8, 1.1, 1.25, 1.5, 2.0],
-    ("gns", "a"): [1.25, 1.5, 2.0, 4.0],
-    ("loss", "a"): {"exponential": [1.25, 1.5, 2.0, 3.0], "linear": [8, 16, 32, 64]},
-    ("confidence", "a"): {"exponential": [1.25, 1.5, 2.0, 3.0], "linear": [8, 16, 32, 64]},
-    ("progressive", "change"): ["linear", "exponential"],
-    ("memory", "target"): [0.5, 0.6, 0.7, 0.8, 0.9],
-    ("memory", "a"): [1.5, 2.0, 4.0, 8.0],
-    ("memory", "b_init"): [32, 256, 2048],
-    ("memory", "low"): [0.3, 0.5, 0.6],
-    ("memory", "high"): [0.9, 0.95],
-    ("memory", "max_batch"): [1024, 4096, 16384],
-}
-WHEN: dict[tuple[str, str], tuple[str, str]] = {
-    ("loss", "alpha"): ("delta", "ema"),
-    ("loss", "window"): ("delta", "variance"),
-}
+# A control's default options, label and ``when`` come from the strategy's ``Param`` declarations
+# (``labkit.strategies.base.Param``), so a new strategy brings its own.
 DEPENDS = {"a": "change"}                      # a dict of options for `a` is keyed by the value of `change`
 SINGLE_VALUED = ("milestones", "num_classes")  # must be one value per panel (the signals depend on them)
-LABELS = {
-    "a": "a", "alpha": "α", "window": "K (window)", "b_init": "B_init", "min_batch": "min batch",
-    "max_batch": "max batch", "delta": "Δ mode", "change": "change", "mode": "cycle mode", "period": "period",
-    "warmup": "warm-up steps", "low": "low (h)", "high": "high (h)", "scale": "scale", "tolerance": "τ",
-    "target": "target", "multiple_of": "multiple of",
-}
 ORDER_LAST = ("b_init", "min_batch", "max_batch", "multiple_of")
 CHOICE_ORDER = ("delta", "mode", "change")
 
@@ -80,6 +42,7 @@ class Control:
     init: int                        # index of the initial option
     depends: str | None = None       # the control whose value selects the option list
     when: tuple[str, str] | None = None  # (control, value): this control matters only then
+    label: str = ""                  # shown beside the control (default: the name)
 
     @property
     def kind(self) -> str:
@@ -89,10 +52,6 @@ class Control:
     @property
     def size(self) -> int:
         return len(next(iter(self.values.values())) if isinstance(self.values, dict) else self.values)
-
-    @property
-    def label(self) -> str:
-        return LABELS.get(self.name, self.name)
 
     def options(self, chosen: Mapping[str, Any]) -> tuple:
         """The option list, given the values already chosen for the other controls."""
@@ -134,7 +93,7 @@ def make_controls(name: str, ranges: Mapping[str, Any], initial: Mapping[str, An
     for p in allowed:
         given = ranges.get(p)
         if given is None:
-            given = STRATEGY_VALUES.get((name, p), DEFAULT_VALUES.get(p))
+            given = STRATEGIES[name].param(p).options
             if given is None:
                 continue  # the strategy's own default applies
         if isinstance(given, Mapping) and p in DEPENDS:
@@ -195,7 +154,8 @@ def make_controls(name: str, ranges: Mapping[str, Any], initial: Mapping[str, An
         else:
             want = defaults.get(p)
         init = current.index(want) if want in current else len(current) // 2
-        when = WHEN.get((name, p))
+        declared = STRATEGIES[name].param(p)
+        when = declared.when
         if when and when[0] not in options:
             # the mode is fixed: the control either always matters or never does
             if fixed.get(when[0], defaults.get(when[0])) != when[1]:
@@ -205,7 +165,7 @@ def make_controls(name: str, ranges: Mapping[str, Any], initial: Mapping[str, An
         elif when and when[1] not in options[when[0]]:
             fixed[p] = current[init]  # the mode it matters for is not offered
             continue
-        controls.append(Control(p, values, init, depends, when))
+        controls.append(Control(p, values, init, depends, when, declared.label or p))
         chosen[p] = current[init]
     if initial:
         p = next(iter(initial))

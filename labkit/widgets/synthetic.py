@@ -11,6 +11,8 @@ Shapes, with t = 0 … steps−1 and a noise draw ε_t ~ N(0, 1):
 * entropy: h_t = clip(end + (start − end)·e^{−t/τ} + bump_t + noise·ε_t, 0.01, 0.99),  H_t = h_t · log C
 * gns:     B_simple,t = first · (last / first)^{t/(steps−1)} · e^{noise·ε_t}
 
+and two signals of the batch itself, ``MemoryModel`` (memory use) and ``StepTimeModel`` (step time).
+
 ``bump_t`` is a short rise at ``bump_at`` (a fraction of the run) that decays over a few steps, like the
 loss after a learning-rate restart or a harder slice of data: it gives the adaptive rules something to
 react to. Chapter: Loss-based batching; Confidence-based batching.
@@ -104,6 +106,8 @@ def default_signals(name: str, steps: int, *, num_classes: int = 10, seed: int =
         signals["gns"] = synthetic_gns(steps, seed=seed)
     if "memory" in needs:
         signals["memory"] = MemoryModel()
+    if "step_time" in needs:
+        signals["step_time"] = StepTimeModel()
     return signals
 
 
@@ -130,6 +134,28 @@ class MemoryModel:
     def fits(self, usage: float = 1.0) -> int:
         """The largest batch whose usage is at most ``usage``: floor((usage − base) / per_example)."""
         return math.floor((usage - self.base) / self.per_example)
+
+
+class StepTimeModel:
+    """Seconds per training step, affine in the batch size B (``labkit.goodput``'s model), with noise:
+
+        t(B) = (α + β·B)·(1 + noise·ε),   ε standard normal from its own seeded generator
+
+    The defaults: 10 ms of fixed cost per step and 10 µs per example, no noise. Like ``MemoryModel``, a
+    signal of the current batch (``trajectory`` feeds ``step_time=model(B_k)``)."""
+
+    def __init__(self, alpha: float = 0.01, beta: float = 1e-5, noise: float = 0.0, seed: int = 0):
+        self.alpha = check_float("alpha", alpha, low=0.0)
+        self.beta = check_float("beta", beta, low=0.0)
+        self.noise = check_float("noise", noise, low=0.0, high=0.5)
+        self.rng = random.Random(check_int("seed", seed))
+
+    def __call__(self, batch: int) -> float:
+        jitter = 1 + self.noise * self.rng.gauss(0.0, 1.0) if self.noise else 1.0
+        return (self.alpha + self.beta * batch) * max(jitter, 0.1)
+
+    def __repr__(self) -> str:
+        return f"StepTimeModel(alpha={self.alpha:g}, beta={self.beta:g}, noise={self.noise:g})"
 
 
 def _tau(tau: float | None, steps: int) -> float:
