@@ -1,8 +1,8 @@
 """The built book: its notebooks are clean, its pages load nothing from outside, and its panels work
 in a real browser without a kernel.
 
-Browser tests serve ``_build/html`` on localhost, drive headless Chromium through the Chrome DevTools
-Protocol (``websocket-client``), and record every request the pages make. They skip when Chromium or the
+Browser tests serve ``_build/html`` on localhost, drive the system's headless Chromium with Playwright
+(its Python package, pointed at the binary; no browser download), and record every request the pages make. They skip when Chromium or the
 built book is missing, unless ``LABKIT_REQUIRE_BROWSER=1`` (CI sets it), which makes them fail instead
 (and builds the book if needed).
 
@@ -19,9 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HTML = REPO / "_build" / "html"
 CHAPTERS = sorted((REPO / "notebooks").glob("*.ipynb"))
-PAGES = ["book/intro.html", "book/how-to-use.html", "book/status.html",
+PAGES = ["book/intro.html", "book/how-to-use.html", "book/own-loop.html", "book/lab-tasks.html", "book/status.html",
          *(f"notebooks/{p.stem}.html" for p in CHAPTERS)]
 REQUIRED = os.environ.get("LABKIT_REQUIRE_BROWSER", "").strip() not in ("", "0", "false", "no")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -109,111 +107,52 @@ def test_chapter_pages_carry_static_panels(built_book):
 
 # -- a browser over the Chrome DevTools Protocol -------------------------------------------------------
 class Browser:
-    """Headless Chromium with a fresh profile, driven over one DevTools websocket."""
+    """Headless Chromium (the system's own binary) driven by Playwright, one page, recording every request."""
 
     def __init__(self, binary: str, width: int = 1280, height: int = 1000):
-        import websocket  # websocket-client
+        from playwright.sync_api import sync_playwright
 
-        self.profile = tempfile.mkdtemp(prefix="labkit-chromium-")
-        self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-             "--disable-extensions", "--hide-scrollbars", "--mute-audio", f"--window-size={width},{height}",
-             f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = Path(self.profile) / "DevToolsActivePort"
-        deadline = time.time() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.time() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise RuntimeError("chromium did not start (no DevToolsActivePort)")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        import urllib.request
-
-        for _ in range(50):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as response:
-                targets = json.loads(response.read())
-            pages = [t for t in targets if t.get("type") == "page"]
-            if pages:
-                break
-            time.sleep(0.1)
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
-        self.next_id = 0
-        self.events: list[dict] = []
-        for domain in ("Page", "Network", "Runtime"):
-            self.call(f"{domain}.enable")
-
-    def call(self, method: str, **params):
-        self.next_id += 1
-        ident = self.next_id
-        self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == ident:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-
-    def wait_for_event(self, method: str, timeout: float = 30):
-        deadline = time.time() + timeout
-        self.ws.settimeout(timeout)
-        while time.time() < deadline:
-            for i, event in enumerate(self.events):
-                if event.get("method") == method:
-                    return self.events.pop(i)
-            self.events.append(json.loads(self.ws.recv()))
-        raise TimeoutError(method)
+        self.playwright = sync_playwright().start()
+        self.chromium = self.playwright.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])
+        self.page = self.chromium.new_page(viewport={"width": width, "height": height})
+        self.requests: list[str] = []
+        self.page.on("request", lambda request: self.requests.append(request.url))
 
     def js(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression[:60]}…: {result['exceptionDetails']}")
-        return result["result"].get("value")
+        """The value of a JavaScript expression in the page."""
+        return self.page.evaluate(expression)
 
-    def wait_until(self, expression: str, timeout: float = 20):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.js(expression):
-                return True
-            time.sleep(0.1)
-        return False
+    def wait_until(self, expression: str, timeout: float = 20) -> bool:
+        """True once ``expression`` is truthy in the page, False after ``timeout`` seconds."""
+        from playwright.sync_api import TimeoutError as Timeout
+
+        try:
+            self.page.wait_for_function(expression, timeout=timeout * 1000)
+        except Timeout:
+            return False
+        return True
 
     def open(self, url: str) -> list[str]:
         """Navigate, wait for the load event, and return the URLs of every request the page made."""
-        self.events.clear()
-        self.call("Page.navigate", url=url)
-        self.wait_for_event("Page.loadEventFired")
-        self.wait_until("document.readyState === 'complete'")
-        time.sleep(0.3)  # late requests (fonts, MathJax) are still recorded below
-        self.call("Runtime.evaluate", expression="1")  # drain pending events
-        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+        self.requests.clear()
+        self.page.goto(url, wait_until="load")
+        self.page.wait_for_timeout(300)  # late requests (fonts, MathJax) are still recorded
+        return list(self.requests)
 
     def screenshot(self, path: Path, selector: str, above: int = 0, margin: int = 12):
         """PNG of the element ``selector`` plus ``above`` pixels of context over it."""
-        box = self.js(f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
-            el.scrollIntoView({{block: 'end'}}); window.scrollBy(0, 40); const r = el.getBoundingClientRect();
-            return {{x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height}}; }})()""")
-        time.sleep(0.3)
+        element = self.page.locator(selector).first
+        element.scroll_into_view_if_needed()
+        box = element.bounding_box()
         clip = {"x": max(box["x"] - margin, 0), "y": max(box["y"] - margin - above, 0),
-                "width": box["w"] + 2 * margin, "height": box["h"] + 2 * margin + above, "scale": 1}
-        data = self.call("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=False)["data"]
-        import base64
-
-        path.write_bytes(base64.b64decode(data))
+                "width": box["width"] + 2 * margin, "height": box["height"] + 2 * margin + above}
+        self.page.screenshot(path=str(path), clip=clip)
 
     def close(self):
         try:
-            if getattr(self, "ws", None):
-                self.ws.close()
+            self.chromium.close()
         finally:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            shutil.rmtree(self.profile, ignore_errors=True)
+            self.playwright.stop()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -241,7 +180,7 @@ def browser():
     binary = chromium_binary()
     if binary is None:
         unavailable("chromium is not installed (apt-get install -y chromium)")
-    pytest.importorskip("websocket", reason="websocket-client is needed to drive chromium")
+    pytest.importorskip("playwright", reason="Playwright's Python package drives chromium (pip install playwright)")
     b = Browser(binary)
     yield b
     b.close()
@@ -257,6 +196,47 @@ def test_pages_make_no_request_outside_localhost(site, browser):
         if bad:
             outside[page] = bad
     assert not outside, f"requests outside {site}: {outside}"
+
+
+OVERFLOW = """(() => {
+  // every output, table, formula, code block and image of the article: does it stick out of the text column
+  // (unless inside its own horizontal scroll box, which must fit), and is an image shrunk below 60 %?
+  const column = document.querySelector("main article, article.bd-article, main") || document.body;
+  const right = column.getBoundingClientRect().right + 1;
+  const scroller = el => {
+    for (let e = el.parentElement; e && e !== column; e = e.parentElement) {
+      const x = getComputedStyle(e).overflowX;
+      if (x === "auto" || x === "scroll") return e;
+    }
+    return null;
+  };
+  const name = el => el.tagName.toLowerCase() + (el.className && el.className.baseVal === undefined
+    ? "." + String(el.className).trim().split(/\\s+/).slice(0, 2).join(".") : "");
+  const bad = [];
+  for (const el of column.querySelectorAll("pre, table, mjx-container, img, .cell_output > div")) {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || el.closest(".labkit-panel")) continue;
+    const own = scroller(el) || (["auto", "scroll"].includes(getComputedStyle(el).overflowX) ? el : null);
+    const edge = own ? own.getBoundingClientRect().right : box.right;
+    if (edge > right) bad.push(`${name(el)} sticks out by ${Math.round(edge - right)} px`);
+    if (!own && el.scrollWidth > el.clientWidth + 1 && el.tagName !== "IMG" && el.tagName !== "MJX-CONTAINER")
+      bad.push(`${name(el)} clips ${el.scrollWidth - el.clientWidth} px without a scroll box`);
+    if (el.tagName === "IMG" && el.naturalWidth > 0 && box.width < 0.6 * el.naturalWidth)
+      bad.push(`img shown at ${Math.round(100 * box.width / el.naturalWidth)} % of its ${el.naturalWidth} px`);
+  }
+  return bad;
+})()"""
+
+
+def test_nothing_overflows_its_column_and_no_image_is_shrunk(site, browser):
+    problems = {}
+    for page in PAGES:
+        browser.open(site + page)
+        browser.js("window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : true")
+        bad = browser.js(OVERFLOW)
+        if bad:
+            problems[page] = sorted(set(bad))
+    assert not problems, "\n".join(f"{page}: {'; '.join(bad)}" for page, bad in problems.items())
 
 
 def test_math_is_typeset_from_the_vendored_mathjax(site, browser):
