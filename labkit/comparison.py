@@ -18,6 +18,7 @@ import math
 
 import pandas as pd
 
+from labkit.checks import check_int
 from labkit.experiments import chosen_lrs, failed
 
 
@@ -72,6 +73,17 @@ def reach_ratios(histories: pd.DataFrame, reference: str, target: float | None =
                          ratio=r.wall_time_s.mean() / reference_time
                          if r.reached.all() and len(r) >= min_seeds else math.nan))
     return pd.DataFrame(rows).sort_values(["ratio", "reached"], ascending=[True, False], ignore_index=True)
+
+
+BANDS = ((32, "small"), (512, "medium"))     # the lab sheet's bands: 1–32, 64–512, 1024 and more
+
+
+def batch_band(batch: int) -> str:
+    """The lab sheet's band of a batch size: 'small' (≤ 32: noisy gradients, slow on hardware), 'medium'
+    (≤ 512: the usual default) or 'large' (above: efficient and stable, needs its own LR). The sheet's
+    gaps (33–63, 513–1023) go to the band above."""
+    batch = check_int("batch", batch, low=1)
+    return next((name for top, name in BANDS if batch <= top), "large")
 
 
 # --- Reading a comparison: short labels, the table, the noise rule (chapters: Results, Conclusions) ---

@@ -16,7 +16,13 @@ A run of S optimizer steps at t_step seconds per step costs
     energy money     = kWh · price per kWh
 
 so a larger batch saves money only if it cuts the number of steps by more than it raises the cost of a
-step. Book: Introduction, "Cost".
+step. Those are usage costs. Hardware bought (or reserved for a term) is an upfront cost, paid whether it
+is used or not; spread over the hours it does useful work (``Upfront``),
+
+    owned money      = T / 3600 · gpus · hardware / (lifetime · 8760 h · utilisation)  +  energy money
+
+and owning is cheaper than renting when utilisation > hardware / (lifetime · 8760 h · price per GPU-hour).
+Book: Introduction, "Cost".
 
 Energy comes from NVML (``pip install 'labkit[gpu]'``, import name ``pynvml``): from Volta on, the GPU's
 total-energy counter (mJ), read at start and at each reading; where the counter is not supported, the
@@ -38,25 +44,64 @@ from typing import Sequence
 
 import pandas as pd
 
-from labkit.checks import check_float
+from labkit.checks import check_float, check_int
 from labkit.runtime import pick_device
 
 J_PER_KWH = 3.6e6
 SECONDS_PER_HOUR = 3600.0
-QUANTITIES = ("time_s", "steps", "samples", "per_step_s", "energy_j", "kwh", "cloud_usd", "energy_usd")
+QUANTITIES = ("time_s", "steps", "samples", "per_step_s", "energy_j", "kwh", "cloud_usd", "energy_usd",
+              "owned_usd")
+HOURS_PER_YEAR = 8760.0
+
+
+@dataclass(frozen=True)
+class Upfront:
+    """Hardware paid before any run: ``hardware_usd`` per GPU (its price, or a reservation's whole term),
+    used for ``lifetime_years`` at a share ``utilisation`` of the hours doing useful work. Each GPU-hour of
+    a run then carries
+
+        hourly = hardware_usd / (lifetime_years · 8760 · utilisation)
+
+    of it. The defaults are assumptions: an H100-class card near 25 000 USD, written off over 3 years,
+    busy half the time (``hourly`` ≈ 1.90 USD)."""
+    hardware_usd: float = 25_000.0
+    lifetime_years: float = 3.0
+    utilisation: float = 0.5
+
+    def __post_init__(self):
+        check_float("hardware_usd", self.hardware_usd, low=0.0)
+        check_float("lifetime_years", self.lifetime_years, low=0.0, low_open=True)
+        check_float("utilisation", self.utilisation, low=0.0, high=1.0, low_open=True)
+
+    @property
+    def hourly(self) -> float:
+        """USD per GPU-hour of useful work."""
+        return self.hardware_usd / (self.lifetime_years * HOURS_PER_YEAR * self.utilisation)
+
+    def break_even(self, gpu_hour: float) -> float:
+        """The utilisation above which owning costs less per GPU-hour than renting at ``gpu_hour`` (energy
+        aside): hardware_usd / (lifetime_years · 8760 · gpu_hour); above 1, renting always wins."""
+        gpu_hour = check_float("gpu_hour", gpu_hour, low=0.0, low_open=True)
+        return self.hardware_usd / (self.lifetime_years * HOURS_PER_YEAR * gpu_hour)
 
 
 @dataclass(frozen=True)
 class Prices:
     """What an hour of GPU and a kWh cost, in USD. The defaults are assumptions, not facts: an on-demand
     H100 hour at a cloud provider (about 3.00) and an industrial electricity price (about 0.15 per kWh).
-    Replace them with your own: ``Prices(gpu_hour=2.50, kwh=0.30)``."""
+    Replace them with your own: ``Prices(gpu_hour=2.50, kwh=0.30)``. ``gpus`` is how many GPUs a run holds
+    (the cloud and owned prices are per GPU); ``upfront`` the owned hardware (``Upfront``), if any."""
     gpu_hour: float = 3.00     # USD per GPU-hour
     kwh: float = 0.15          # USD per kWh
+    gpus: int = 1
+    upfront: Upfront | None = None
 
     def __post_init__(self):
         check_float("gpu_hour", self.gpu_hour, low=0.0)
         check_float("kwh", self.kwh, low=0.0)
+        check_int("gpus", self.gpus, low=1)
+        if self.upfront is not None and not isinstance(self.upfront, Upfront):
+            raise TypeError(f"upfront={self.upfront!r} must be an Upfront, e.g. Upfront(hardware_usd=25_000)")
 
 
 @dataclass(frozen=True)
@@ -275,9 +320,10 @@ def run_cost(history: pd.DataFrame, prices: Prices = Prices(), target_acc: float
 
     The run ends at its last epoch, or with ``target_acc`` at the first epoch whose test accuracy reaches
     it (``reached``; a run that never does is costed whole). At that epoch:
-    per_step_s = time_s / steps, cloud_usd = time_s / 3600 · gpu_hour, kwh = energy_j / 3.6e6,
-    energy_usd = kwh · kwh price. ``energy_j`` is the history's cumulative joules column; without one
-    the energy quantities are nan.
+    per_step_s = time_s / steps, cloud_usd = time_s / 3600 · gpus · gpu_hour, kwh = energy_j / 3.6e6,
+    energy_usd = kwh · kwh price, owned_usd = time_s / 3600 · gpus · upfront.hourly + energy_usd (nan
+    without ``prices.upfront``). ``energy_j`` is the history's cumulative joules column (as measured); without
+    one the energy quantities are nan.
     """
     if not isinstance(prices, Prices):
         raise TypeError(f"prices={prices!r} must be a Prices, e.g. Prices(gpu_hour=2.50, kwh=0.30)")
@@ -297,9 +343,12 @@ def run_cost(history: pd.DataFrame, prices: Prices = Prices(), target_acc: float
         end = hit if reached else end
     time_s, steps = float(end["wall_time_s"]), int(end["steps"])
     energy_j = float(end["energy_j"]) if "energy_j" in history.columns else math.nan
+    gpu_hours = time_s / SECONDS_PER_HOUR * prices.gpus
+    energy_usd = energy_j / J_PER_KWH * prices.kwh
+    owned = math.nan if prices.upfront is None else gpu_hours * prices.upfront.hourly + energy_usd
     cost = dict(time_s=time_s, steps=steps, samples=int(end["samples"]), per_step_s=time_s / steps,
-                energy_j=energy_j, kwh=energy_j / J_PER_KWH, cloud_usd=time_s / SECONDS_PER_HOUR * prices.gpu_hour,
-                energy_usd=energy_j / J_PER_KWH * prices.kwh)
+                energy_j=energy_j, kwh=energy_j / J_PER_KWH, cloud_usd=gpu_hours * prices.gpu_hour,
+                energy_usd=energy_usd, owned_usd=owned)
     if reached is not None:
         cost["reached"] = reached
     return cost
@@ -331,4 +380,4 @@ def _require_columns(frame: pd.DataFrame, names: Sequence[str], what: str) -> No
                          f"it has {', '.join(map(repr, frame.columns))}")
 
 
-__all__ = ["EnergyMeter", "Prices", "PriceWindows", "run_cost", "cost_table", "trapezoid_joules"]
+__all__ = ["EnergyMeter", "Prices", "PriceWindows", "Upfront", "run_cost", "cost_table", "trapezoid_joules"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit.cost import EnergyMeter, Prices, PriceWindows, cost_table, run_cost, trapezoid_joules
+from labkit.cost import EnergyMeter, Prices, PriceWindows, Upfront, cost_table, run_cost, trapezoid_joules
 
 
 def history(epoch_s: float, accs=(0.5, 0.8, 0.9, 0.92), watts: float | None = None) -> pd.DataFrame:
@@ -26,15 +26,32 @@ def history(epoch_s: float, accs=(0.5, 0.8, 0.9, 0.92), watts: float | None = No
 
 def test_run_cost_of_the_whole_run():
     cost = run_cost(history(360.0, watts=500.0))            # 4 epochs: 1440 s = 0.4 h, 400 steps, 720 kJ
+    owned = cost.pop("owned_usd")
     assert cost == pytest.approx(dict(time_s=1440.0, steps=400, samples=25600, per_step_s=3.6, energy_j=720e3,
                                       kwh=0.2, cloud_usd=1.2, energy_usd=0.03))     # 0.4 h · 3.00, 0.2 kWh · 0.15
+    assert math.isnan(owned)                                                         # no upfront given
+
+
+def test_upfront_hardware_is_spread_over_its_useful_hours():
+    card = Upfront(hardware_usd=26_280.0, lifetime_years=2.0, utilisation=0.5)   # 8760 useful hours
+    assert card.hourly == pytest.approx(3.0)
+    assert card.break_even(gpu_hour=6.0) == pytest.approx(0.25)                  # 26 280 / (17 520 · 6)
+    cost = run_cost(history(360.0, watts=500.0), Prices(gpu_hour=2.0, kwh=0.15, gpus=4, upfront=card))
+    # 0.4 h on 4 GPUs = 1.6 GPU-hours: rented 1.6 · 2.00 = 3.20; owned 1.6 · 3.00 + 0.2 kWh · 0.15 = 4.83
+    assert (cost["cloud_usd"], cost["owned_usd"]) == pytest.approx((3.2, 4.83))
+    with pytest.raises(ValueError, match="utilisation=0 is out of range"):
+        Upfront(utilisation=0)
+    with pytest.raises(ValueError, match="gpus=0 is out of range"):
+        Prices(gpus=0)
+    with pytest.raises(TypeError, match="upfront=.* must be an Upfront"):
+        Prices(upfront=25_000)
 
 
 def test_run_cost_stops_at_the_first_epoch_that_reaches_the_target():
     prices = Prices(gpu_hour=2.0, kwh=0.5)
     for target in (0.85, 0.9):                               # epoch 3 (0.90) is the first at or above both
         cost = run_cost(history(360.0, watts=500.0), prices, target_acc=target)
-        assert cost["reached"] is True
+        assert cost["reached"] is True and math.isnan(cost.pop("owned_usd"))
         assert cost == pytest.approx(dict(time_s=1080.0, steps=300, samples=19200, per_step_s=3.6, energy_j=540e3,
                                           kwh=0.15, cloud_usd=0.6, energy_usd=0.075, reached=True))
     missed = run_cost(history(360.0, watts=500.0), prices, target_acc=0.95)

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from labkit.comparison import (against, comparison_table, epoch_means, gap_in_std, lab_goals, leaders, reach_verdict, verdict,
+from labkit.comparison import (against, batch_band, comparison_table, epoch_means, gap_in_std, lab_goals, leaders, reach_verdict, verdict,
                                separable, separations, short_label, tuning_grid)
 from labkit.experiments import portable_command
 
@@ -135,6 +135,13 @@ def test_verdict_reads_a_comparison_and_a_single_seed_never_leads():
     assert result["caveat"].startswith("0 of 2 adaptive runs above fixed 8 beyond the noise")
     assert result["caveat"].endswith("fewer seeds: exponential 8×2→32")
     assert "  linear 8+8→32: cannot separate" in lines
+
+
+def test_batch_bands_follow_the_lab_sheet():
+    assert [batch_band(b) for b in (1, 32, 33, 64, 512, 513, 1024, 65536)] == [
+        "small", "small", "medium", "medium", "medium", "large", "large", "large"]
+    with pytest.raises(ValueError, match="batch=0 is out of range"):
+        batch_band(0)
 
 
 def test_tuning_grid():
