@@ -90,6 +90,9 @@ def build_parser() -> Parser:
     _add_run_arguments(train)
     train.add_argument("--strategy", default="fixed", choices=list(STRATEGIES))
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    train.add_argument("--nproc", type=int, metavar="N", help="train on N local processes under DDP, relaunched "
+                       "with torchrun (CPU: gloo; CUDA: nccl, one GPU each); strategy sizes are global batches, "
+                       "so give --multiple-of N")
     group = train.add_argument_group("strategy parameters (passed on only when given)")
     for name, (kind, text) in strategy_flags().items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text, default=argparse.SUPPRESS)
@@ -305,6 +308,25 @@ def check_out(out: Path, *, file: bool = False) -> None:
                          f"choose another place") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: the folder {folder} is not writable: choose another place")
+
+
+def check_nproc(nproc: int, device: str | None) -> None:
+    """``--nproc``: at least 1, and at most the GPUs (on CUDA, where one process takes one GPU) or the
+    CPU cores of this machine."""
+    import os
+
+    from labkit.runtime import pick_device
+
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: give 1 or more processes")
+    if pick_device(device).type == "cuda":
+        import torch
+
+        have, what = torch.cuda.device_count(), "GPUs"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores"
+    if nproc > have:
+        raise ValueError(f"--nproc {nproc} is more than the {have} {what} here: give --nproc {have} or fewer")
 
 
 def check_runs(specs: list[str]) -> None:

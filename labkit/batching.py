@@ -93,21 +93,31 @@ class DeviceBatcher:
         """The number of samples (the number of batches depends on the batch size, given per epoch)."""
         return self.num_samples
 
-    def batches(self, batch_size, pool: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size, pool: torch.Tensor | None = None,
+                part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: ``(xb, yb)`` pairs covering every sample once, xb float32 and normalised.
 
         ``batch_size`` (int, zero-argument callable, or object with ``.batch_size``) is read before each batch.
         ``pool``: a 1-D tensor of the sample indices this epoch may use (e.g. ``Curriculum.pool(epoch)``);
         the epoch then serves those samples only, shuffled if ``shuffle`` (else in the pool's order), each as
         often as it appears in the pool. The pool is checked and copied to the device once per epoch.
+        ``part=(r, R)``: DDP rank r's share. Every rank draws the same order and augmentation (same seed),
+        builds the whole (global) batch of the size read and keeps its piece r of R equal pieces, the
+        examples [r·B/R, (r+1)·B/R): the ranks together train on the batches one process would. A batch
+        that R does not divide is a ``ValueError``.
         """
         read_size = batch_size_reader(batch_size)
+        rank, replicas = part
         order = self._epoch_order(pool)
         n = self.num_samples if order is None else len(order)
         for start, stop in epoch_spans(n, read_size, self.drop_last):
             index = slice(start, stop) if order is None else order[start:stop]
             xb = self.normalise(self.x[index])
-            yield (xb if self.augment is None else self.augment(xb, self.augment_generator)), self.y[index]
+            xb, yb = (xb if self.augment is None else self.augment(xb, self.augment_generator)), self.y[index]
+            if replicas > 1:
+                piece = _piece(stop - start, replicas)
+                xb, yb = xb[rank * piece:(rank + 1) * piece], yb[rank * piece:(rank + 1) * piece]
+            yield xb, yb
 
     def _epoch_order(self, pool: torch.Tensor | None) -> torch.Tensor | None:
         """The sample indices of one epoch in serving order, drawn with the batcher's seeded generator;
@@ -204,12 +214,8 @@ class StrategyBatchSampler(BatchSampler):
 
     def global_batch_size(self) -> int:
         """B, read from the strategy now; checked to be a multiple of ``num_replicas``."""
-        size, n = self.read_size(), self.num_replicas
-        if size % n:
-            below = size - size % n
-            fix = f"{below} or {below + n}" if below else f"{n}"
-            raise ValueError(f"batch_size={size} is not a multiple of num_replicas={n}: each of the {n} ranks "
-                             f"gets an equal piece of the global batch; use {fix}")
+        size = self.read_size()
+        _piece(size, self.num_replicas)
         return size
 
     def set_epoch(self, epoch: int) -> None:
@@ -328,6 +334,16 @@ def epoch_spans(n: int, read_size: Callable[[], int], drop_last: bool = False) -
             stop = n
         yield start, stop
         start = stop
+
+
+def _piece(size: int, replicas: int) -> int:
+    """Each rank's share of a global batch of ``size``, which ``replicas`` must divide."""
+    if size % replicas:
+        below = size - size % replicas
+        fix = f"{below} or {below + replicas}" if below else f"{replicas}"
+        raise ValueError(f"batch_size={size} is not a multiple of num_replicas={replicas}: each of the {replicas} "
+                         f"ranks gets an equal piece of the global batch; use {fix}")
+    return size // replicas
 
 
 def _check_pool(pool: torch.Tensor, n: int) -> torch.Tensor:

@@ -122,17 +122,19 @@ def restore(path: Path, device: torch.device, config, **objects) -> tuple[list[d
     return rows, progress
 
 
-def resume_or_start(out: Path | None, resume: bool, config, device: torch.device,
+def resume_or_start(out: Path | None, resume: bool, config, device: torch.device, *, writer: bool = True,
                     **objects) -> tuple[list[dict], Progress]:
     """The history rows and the ``Progress`` a run starts from: with ``resume``, those of ``out``'s checkpoint,
-    whose states are loaded into ``objects`` (see ``restore``); else none. With ``out``, writes ``config.json``."""
+    whose states are loaded into ``objects`` (see ``restore``); else none. With ``out`` and ``writer``, writes
+    ``config.json`` (under DDP every rank restores the checkpoint; only rank 0 is the writer)."""
     rows, progress = [], Progress()
     if out is None:
         return rows, progress
     if resume and (out / "checkpoint.pt").exists():
         rows, progress = restore(out / "checkpoint.pt", device, config, **objects)
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, config, device)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, config, device)
     return rows, progress
 
 

@@ -1,6 +1,7 @@
 """``labkit`` on the command line. Thin: parses arguments (``labkit.arguments``) and calls the package.
 
     labkit train --dataset mnist --model mlp --strategy linear --b-init 64 --a 64 --epochs 10 --out runs/mnist-linear
+    labkit train --nproc 2 --dataset mnist --model mlp --strategy loss --multiple-of 2 --out runs/mnist-ddp
     labkit train --dataset cifar10 --model cnn --strategy loss --delta ema --alpha 0.3 --epochs 20 --out runs/c10-loss
     labkit tune --dataset cifar10 --model resnet --epochs 16 --runs fixed:b_init=256 --out runs/tune-c10
     labkit sweep ... --tuned runs/tune-c10 --runs fixed:b_init=256 --seeds 0 1 2 --out runs/c10
@@ -11,10 +12,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
-from labkit.arguments import build_parser, check_numbers, check_out, check_runs, run_config, strategy_flags
+from labkit.arguments import (build_parser, check_nproc, check_numbers, check_out, check_runs, run_config,
+                              strategy_flags)
 
 
 # -- running a command: one line for every way it can end early ------------------------------------------
@@ -28,9 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     ...`` and exit code 2; a run that stops (diverged or dead, out of memory, nothing fits, a broken
     checkpoint, a file that cannot be written) with one line and exit code 1; Ctrl-C with 130. ``labkit
     --debug CMD ...`` lets the error through, traceback and all."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     command = {"train": _train, "sweep": _sweep, "tune": _tune, "find-batch": _find_batch,
                "serve-bench": _serve_bench}[args.command]
+    if getattr(args, "nproc", None) is not None:
+        command = partial(_torchrun, argv=argv)
     if args.debug:
         return command(args)
     try:
@@ -68,20 +76,43 @@ def _strategy_params(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in strategy_flags() if hasattr(args, name)}
 
 
-def _train(args: argparse.Namespace) -> int:
-    from labkit.plots import plot_history
+def _train_config(args: argparse.Namespace):
+    """``train``'s ``TrainConfig`` and its strategy, every argument checked before any work."""
     from labkit.strategies import build
-    from labkit.train import fit
 
     params = _strategy_params(args)
-    build(args.strategy, **params)                                   # check the parameters before any work
-    config = run_config(args, args.strategy, params)
+    strategy = build(args.strategy, **params)              # the strategy's parameters first: --out is made last
+    return run_config(args, args.strategy, params), strategy
+
+
+def _train(args: argparse.Namespace) -> int:
+    from labkit.plots import plot_history
+    from labkit.train import fit
+
+    config, _ = _train_config(args)
     history = fit(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":          # a DDP rank other than 0: rank 0 writes and reports
+        return 0
     plot_history(history, args.out / "history.png", title=f"{args.strategy} · {args.dataset} · {args.model}")
     last = history.iloc[-1]
     print(f"done: {len(history)} epochs, test acc {last.test_acc:.4f}, final batch {int(last.next_batch)}, "
           f"{last.wall_time_s:.1f} s training; wrote {args.out}/history.csv")
     return 0
+
+
+def _torchrun(args: argparse.Namespace, argv: list[str]) -> int:
+    """``labkit train --nproc N ...``: the same command without ``--nproc``, relaunched on N local processes by
+    torchrun (``python -m torch.distributed.run --standalone``); returns its exit code. The arguments are
+    checked here first, so a bad one stops the command once, not once per process."""
+    from labkit.integrations.distributed import check_split
+
+    check_nproc(args.nproc, args.device)
+    check_split(_train_config(args)[1], args.nproc)
+    rest = [word for i, word in enumerate(argv) if word != "--nproc" and not word.startswith("--nproc=")
+            and not (i > 0 and argv[i - 1] == "--nproc")]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+              "-m", "labkit", *rest]
+    return subprocess.run(launch).returncode
 
 
 def _read_tuned(folder: Path | None) -> dict[str, float] | None:

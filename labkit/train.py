@@ -1,6 +1,7 @@
 """The training loop: one function, ``fit``, for every strategy.
 
     python -m labkit train --dataset mnist --model mlp --strategy linear --a 64 --epochs 10 --out runs/lin
+    torchrun --nproc-per-node 2 -m labkit train --strategy loss --multiple-of 2 --out runs/ddp   # DDP: see fit
 
 Per epoch it trains on batches whose size the strategy sets, evaluates on the test split (or, with
 ``validation``, on a share of the training set held out for tuning), feeds the strategy its signals (train
@@ -50,6 +51,7 @@ from labkit.cost import EnergyMeter
 from labkit.curriculum import Curriculum, loss_difficulty
 from labkit.augment import Augment
 from labkit.data import load
+from labkit.integrations.distributed import Ranks, agree, check_split, measured_by, process_group
 from labkit.lr_schedules import LR_SCHEDULES, LRSchedule
 from labkit.memory import MemoryCapExceeded, MemoryWatch
 from labkit.models import build_model
@@ -140,19 +142,36 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     where it runs (device, compile, data_root, eval_batch) is a ``ValueError`` naming the fields, epochs
     included (the LR schedule spans them). A checkpoint or config that cannot be read back is a
     ``BrokenRun``. A NaN or infinite loss stops the run with ``Diverged``, per epoch or per step.
+
+    DDP (``torchrun --nproc-per-node R -m labkit train ...``, ``labkit train --nproc R``, or R processes
+    that initialised ``torch.distributed`` themselves; see ``labkit.integrations.distributed.process_group``):
+    the strategy's sizes are global batches, so its ``multiple_of`` must be a multiple of R. Every rank draws
+    the same order and trains, as one ``DistributedDataParallel`` model, on its piece B/R of each global
+    batch B: the same batches as one process. The LR follows B; the train loss and entropy are summed over
+    the ranks; every rank evaluates the whole test split (the replicas are equal, so are the numbers); each
+    decision is ``agree``'d (rank 0 decides on the mean signals, every rank loads its state). Only rank 0
+    writes files; a resume loads the checkpoint on every rank. A step that runs out of memory stops the run
+    (one rank cannot retry alone). The GNS tracker reads the replicas (``ReplicaReadings``): B_small = B/R,
+    B_big = B from DDP's own all-reduce, no microbatch passes.
     """
     config = config.checked()
+    with process_group(pick_device(config.device)) as ranks:
+        return _fit(config, ranks, None if out is None else Path(out), resume, progress)
+
+
+def _fit(config: TrainConfig, ranks: Ranks, out: Path | None, resume: bool, progress: bool) -> pd.DataFrame:
+    """``fit``'s run on this rank (of one, without DDP)."""
     quick = quick_mode() if config.quick is None else config.quick
-    out = Path(out) if out is not None else None
+    writes = out if ranks.leader else None                    # only rank 0 writes files
     if out is not None and resume:
         check_resumable(out, replace(config, quick=quick))       # before anything is read or written
-    device = pick_device(config.device)
+    device = ranks.device
     torch.manual_seed(config.seed)
 
     # -- data, strategy, model, optimizer, batchers, memory watch, curriculum ------------------------------
     data = _data(config, quick, device)
     n_train = len(data.y_train)
-    strategy = _strategy(config, n_train, quick)
+    strategy = _strategy(config, n_train, quick, ranks.world)
     model = build_model(config.model, data.input_shape, data.num_classes).to(device)
     base_batch = config.base_batch or strategy.b_init
     optimizer = make_optimizer(config, model)
@@ -163,23 +182,26 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
     schedule = LRSchedule(config.lr_schedule, warmup=_warmup_share(config))
     watch = _memory_watch(config, strategy, model, train)
     curriculum = _curriculum(config, model, data, train)
-    rows, done = resume_or_start(out, resume, replace(config, quick=quick), device, model=model, optimizer=optimizer,
-                        strategy=strategy, batcher=train, gns=gns)
-    step = TrainStep(model, optimizer, loss_fn=partial(F.cross_entropy, label_smoothing=config.label_smoothing),
-                     compile=config.compile, gns=gns, watch=watch, steps=done.step)
-    shrink = partial(_after_oom, strategy)
+    rows, done = resume_or_start(out, resume, replace(config, quick=quick), device, writer=ranks.leader,
+                                 model=model, optimizer=optimizer, strategy=strategy, batcher=train, gns=gns)
+    net = ranks.replicate(model)                                # DDP with several ranks
+    step = TrainStep(net, optimizer, compile=config.compile, gns=measured_by(gns, net), watch=watch,
+                     loss_fn=partial(F.cross_entropy, label_smoothing=config.label_smoothing), steps=done.step)
+    shrink = partial(_after_oom, strategy, ranks.world)
     chance = _chance(data)
 
     bar = tqdm(range(done.epoch, config.epochs), desc=f"{config.strategy} on {data.name}",
-               disable=not progress, initial=done.epoch, total=config.epochs)
+               disable=not progress or not ranks.leader, initial=done.epoch, total=config.epochs)
     with watch.limit(), EnergyMeter(device) as meter:
         for epoch in bar:
-            # -- train: batches of the strategy's size from the epoch's pool (all data, or the easiest) -------
+            # -- train: this rank's piece of each global batch of the strategy's size, from the epoch's pool --
             pool = None if curriculum is None else curriculum(epoch).pool(epoch)
-            lr = partial(_lr, config, schedule, base_batch, epoch, n_train if pool is None else len(pool))
-            decide = partial(_decide_now, strategy, epoch, gns, _Lap()) if config.decide_every == "step" else None
-            tally = _train_epoch(step, train.batches(lambda: strategy.batch_size, pool=pool), lr, shrink, decide,
-                                 meter)
+            lr = partial(_lr, config, schedule, base_batch, epoch, n_train if pool is None else len(pool),
+                         ranks.world)
+            decide = partial(_decide_now, strategy, epoch, gns, ranks, _Lap()) if config.decide_every == "step" \
+                else None
+            batches = train.batches(lambda: strategy.batch_size, pool=pool, part=(ranks.rank, ranks.world))
+            tally = _over_ranks(_train_epoch(step, batches, lr, shrink, decide, meter), ranks)
             if tally.steps == 0:
                 raise ValueError(f"no full batch fits in the {n_train} training examples at batch size "
                                  f"{strategy.batch_size}: lower max_batch")
@@ -191,19 +213,19 @@ def fit(config: TrainConfig, out: str | Path | None = None, *, resume: bool = Fa
             peak_mb, usage = watch.end_epoch()
             row = _epoch_row(done, tally, test_loss, test_acc, peak_mb, 1.0 if pool is None else len(pool) / n_train,
                              gns)
-            _stop_if_failed(row, rows, chance, out, strategy, config, base_batch)
+            _stop_if_failed(row, rows, chance, writes, strategy, config, base_batch)
             if config.decide_every == "epoch":
-                strategy.step(loss=row["train_loss"], entropy=row["train_entropy"], epoch=epoch + 1,
-                              step_time=tally.seconds / tally.steps, **_gns_signal(gns), **_memory_signal(usage))
+                agree(strategy, loss=row["train_loss"], entropy=row["train_entropy"], epoch=epoch + 1,
+                      step_time=tally.seconds / tally.steps, **_gns_signal(gns), **_memory_signal(usage))
             rows.append({**row, "next_batch": strategy.batch_size,
                          "reason": strategy.history[-1].reason if strategy.history else ""})
             bar.set_postfix(B=int(row["batch_size"]), loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}")
-            save_history(out, rows, strategy)
-            if out is not None:
-                save_checkpoint(out, done, history=rows, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            save_history(writes, rows, strategy)
+            if writes is not None:
+                save_checkpoint(writes, done, history=rows, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 strategy=strategy.state_dict(), batcher=train.state_dict(),
                                 gns=gns.state_dict() if gns is not None else {}, rng=torch.get_rng_state())
-    return save_history(out, rows, strategy)        # again: a resumed, finished run restores a lost history
+    return save_history(writes, rows, strategy)     # again: a resumed, finished run restores a lost history
 
 
 @dataclass
@@ -253,11 +275,13 @@ def _train_epoch(step: TrainStep, batches, lr: Callable[[int, int], float], shri
     return tally
 
 
-def _lr(config: TrainConfig, schedule: LRSchedule, base_batch: int, epoch: int, epoch_size: int, samples: int,
-        batch: int) -> float:
+def _lr(config: TrainConfig, schedule: LRSchedule, base_batch: int, epoch: int, epoch_size: int, replicas: int,
+        samples: int, batch: int) -> float:
     """A step's learning rate, lr · f(p) · coupling(B): the peak, the schedule's factor at p (the share of
     training done by the middle of the batch, ``samples`` of the epoch's ``epoch_size`` done before it)
-    and the batch-size coupling of ``batch``."""
+    and the batch-size coupling of ``batch``. ``samples`` and ``batch`` count this rank's examples: times
+    ``replicas`` (the DDP world size), the global ones."""
+    samples, batch = samples * replicas, batch * replicas
     p = (epoch + (samples + batch / 2) / epoch_size) / config.epochs
     return config.lr * schedule.factor_at(p) * strategies.scaled_lr(1.0, base_batch, batch, config.lr_rule)
 
@@ -275,15 +299,27 @@ class _Lap:
         return seconds
 
 
-def _decide_now(strategy, epoch: int, gns, lap: _Lap, result: StepResult, entropy: torch.Tensor) -> bool:
-    """A per-step decision from the step's loss, entropy and time (``.item()``: a sync per step); False,
-    and no decision, when the loss is not finite."""
-    loss = result.loss.item()
+def _decide_now(strategy, epoch: int, gns, ranks: Ranks, lap: _Lap, result: StepResult,
+                entropy: torch.Tensor) -> bool:
+    """A per-step decision, ``agree``'d over the ranks, from the step's loss and entropy (averaged over the
+    ranks: ``.tolist()``, a sync per step) and time; False, and no decision, when the loss is not finite."""
+    loss, entropy = ranks.mean(torch.stack([result.loss.float(), entropy.float()])).tolist()
     if not math.isfinite(loss):
         return False
-    strategy.step(loss=loss, entropy=entropy.item(), epoch=epoch + 1, step_time=lap(), **_gns_signal(gns),
-                  **_memory_signal(result.usage))
+    agree(strategy, loss=loss, entropy=entropy, epoch=epoch + 1, step_time=lap(), **_gns_signal(gns),
+          **_memory_signal(result.usage))
     return True
+
+
+def _over_ranks(tally: _Tally, ranks: Ranks) -> _Tally:
+    """The epoch's tally with Σ loss·B, Σ entropy·B and the samples summed over the ranks (one all-reduce);
+    steps, LR and times are this rank's (the same steps and LR on every rank)."""
+    if ranks.world == 1:
+        return tally
+    local = torch.stack([tally.loss_sum.double(), tally.entropy_sum.double(),
+                         torch.tensor(float(tally.samples), dtype=torch.float64, device=tally.loss_sum.device)])
+    loss_sum, entropy_sum, samples = ranks.sum(local)
+    return replace(tally, loss_sum=loss_sum, entropy_sum=entropy_sum, samples=round(samples.item()))
 
 
 def _epoch_row(done: Progress, tally: _Tally, test_loss: float, test_acc: float, peak_mb: float,
@@ -350,12 +386,14 @@ def _data(config: TrainConfig, quick: bool, device: torch.device):
     return data
 
 
-def _strategy(config: TrainConfig, n_train: int, quick: bool):
-    """The strategy ``config`` names, refused when its smallest batch is larger than the training set."""
+def _strategy(config: TrainConfig, n_train: int, quick: bool, replicas: int):
+    """The strategy ``config`` names, refused when its smallest batch is larger than the training set, or,
+    under DDP, when its sizes may not split evenly over the ``replicas`` ranks."""
     strategy = strategies.build(config.strategy, **config.strategy_params)
     if strategy.min_batch > n_train:
         raise ValueError(f"min_batch={strategy.min_batch} is larger than the training set of {config.dataset} "
                          f"({n_train} examples{', quick mode' if quick else ''}): lower min_batch")
+    check_split(strategy, replicas)
     return strategy
 
 
@@ -448,10 +486,14 @@ def _memory_signal(usage: float | None) -> dict[str, float]:
     return {} if usage is None else {"memory": usage}
 
 
-def _after_oom(strategy, batch: int, failure: str) -> int:
+def _after_oom(strategy, replicas: int, batch: int, failure: str) -> int:
     """A step of ``batch`` examples ran out of memory (``TrainStep`` has freed what it left): let the
     strategy shrink, and return the size to retry the same examples at. Only the ``memory`` strategy
-    shrinks; for any other (or at ``min_batch``) the error is raised again, with what to do."""
+    shrinks, and only on one process (under DDP one rank cannot retry alone: the others wait in the
+    all-reduce); otherwise (or at ``min_batch``) the error is raised again, with what to do."""
+    if replicas > 1:
+        raise MemoryCapExceeded(f"batch {batch} on one of {replicas} DDP ranks ran out of memory ({failure}): "
+                                f"a rank cannot retry alone; lower max_batch")
     size = strategy.oom(batch)
     if size is None:
         raise MemoryCapExceeded(f"batch {batch} ran out of memory ({failure}) under strategy "

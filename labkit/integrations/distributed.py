@@ -29,16 +29,26 @@ Example, in a DDP loop (``loss`` is this rank's mean loss over the epoch)::
         loss = train_one_epoch(ddp_model, loader, batch_size=strategy.batch_size)  # this rank's mean
         agree(strategy, loss=loss, coupling=coupling)   # was: coupling.step(strategy.step(loss=loss))
 
-Chapter: Progressive batching and LR coupling (the LR half); issue "Drop-in like an LR scheduler", item 3.
+``process_group(device)`` and ``Ranks`` are what ``labkit.train.fit`` trains among: the group torchrun's
+environment describes (or one already initialised), the rank's device, the DDP-wrapped model, and the sums
+of an epoch's statistics over the ranks. ``ReplicaReadings`` feeds fit's GNS tracker from the replicas'
+gradients (``labkit.integrations.replica_noise``) instead of microbatch passes.
+
+Chapter: Progressive batching and LR coupling (the LR half); issue "Drop-in like an LR scheduler", item 3;
+issue "Multi-GPU: adaptive global batch on DDP", item 1.
 """
 from __future__ import annotations
 
 import builtins
 import math
-from typing import Any
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def agree(strategy, *, coupling=None, group=None, **signals: Any) -> int:
@@ -62,6 +72,121 @@ def agree(strategy, *, coupling=None, group=None, **signals: Any) -> int:
     if coupling is not None:
         coupling.step(size)
     return size
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """The processes one run trains on: this one's ``rank`` of ``world`` and its ``device`` (rank 0 of 1
+    without DDP). Rank 0 leads: it alone writes the run's files."""
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def replicate(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped in ``DistributedDataParallel`` when there are several ranks, else as it is. On
+        CUDA its images' weights go to channels_last first (as ``TrainStep`` would), so DDP's buckets match
+        the layout it trains in."""
+        if self.world == 1:
+            return model
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+            return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index])
+        return nn.parallel.DistributedDataParallel(model)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks (a copy; all-reduced on the backend's device, a sync point)."""
+        if self.world == 1:
+            return values
+        total = values.to(_device(None), copy=True)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total.to(values.device)
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` averaged over the ranks (see ``sum``)."""
+        return values if self.world == 1 else self.sum(values) / self.world
+
+
+def check_split(strategy, replicas: int) -> None:
+    """Refuse a strategy whose batch sizes may not split evenly over ``replicas`` DDP ranks: its
+    ``multiple_of`` must be a multiple of them (the bounds and every decision then are)."""
+    if strategy.multiple_of % replicas:
+        raise ValueError(f"multiple_of={strategy.multiple_of} under {replicas} DDP ranks: each global batch is "
+                         f"split evenly over the ranks, so the strategy's sizes must be multiples of "
+                         f"{replicas}; pass multiple_of={replicas} (--multiple-of {replicas}), with min_batch, "
+                         f"max_batch multiples of it")
+
+
+class ReplicaReadings:
+    """A ``GNSTracker`` (method "two_batch") whose readings come from the DDP replicas: what ``TrainStep``
+    measures with under DDP. It registers a ``ReplicaNoise`` hook on ``model``; a measured step is one
+    ordinary forward and backward, and its reading is the two-batch estimate with B_small = this rank's
+    batch b and B_big = R·b (``ReplicaNoise.reading``: one scalar all-reduce, equal on every rank),
+    recorded in the tracker as its own readings are. No extra pass; the tracker's state is unchanged in form.
+    """
+
+    def __init__(self, tracker, model: nn.parallel.DistributedDataParallel):
+        from labkit.integrations.replica_noise import ReplicaNoise
+
+        if tracker.method != "two_batch":
+            raise ValueError(f"GNSTracker(method={tracker.method!r}) under DDP: the replicas give two-batch "
+                             f"readings only; use method='two_batch'")
+        self.tracker, self.noise = tracker, ReplicaNoise()
+        model.register_comm_hook(None, self.noise.hook)
+
+    def due(self, step: int) -> bool:
+        return self.tracker.due(step)
+
+    def measure(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor):
+        """One pass of (x, y) through the DDP ``model``, backward included; the replicas' reading of it,
+        recorded in the tracker and returned (raw, not smoothed)."""
+        from labkit.gns import two_batch_estimate
+
+        self.noise.local_sq = self.noise.global_sq = None      # the hook's sums of the unmeasured steps
+        loss_fn(model(x), y).backward()
+        reading = two_batch_estimate(*self.noise.reading(len(y)))
+        self.tracker.history.append(reading)
+        if reading.finite:
+            self.tracker.components.add(reading)
+        return reading
+
+
+def measured_by(tracker, model: nn.Module):
+    """What ``TrainStep`` measures the gradient noise scale with: ``tracker`` itself (or None), or, when
+    ``model`` is a ``DistributedDataParallel``, ``ReplicaReadings`` feeding it."""
+    if tracker is None or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return tracker
+    return ReplicaReadings(tracker, model)
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[Ranks]:
+    """The ranks a run trains among, on ``device``'s kind.
+
+    An initialised process group is used as it is (the caller destroys it). Else, launched by torchrun
+    (``WORLD_SIZE`` > 1 in the environment, with ``RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), a group is
+    initialised from the environment, gloo on the CPU and nccl on CUDA, and destroyed when the block ends.
+    Else a single rank. On CUDA with several ranks, rank r trains on ``cuda:LOCAL_RANK``.
+    """
+    made = not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if made and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if made:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        if not _distributed(None):
+            yield Ranks(0, 1, device)
+            return
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        yield Ranks(dist.get_rank(), dist.get_world_size(), device)
+    finally:
+        if made:
+            dist.destroy_process_group()
 
 
 def _distributed(group) -> bool:
