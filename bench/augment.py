@@ -11,7 +11,6 @@ inside ``DeviceBatcher``); timed as ``bench.timing`` says. Target: ≤ 1.05 at b
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
@@ -35,7 +34,7 @@ def bench(args) -> pd.DataFrame:
 
 def parse_args(argv=None):
     parser = timing_parser(__doc__, model="resnet", batch_sizes=[512], epochs=3, repeats=3,
-                           out=Path("runs") / "bench_augment.csv")
+                           out="bench_augment")
     return parse(parser, argv, quick_batch=64)     # 2048 examples: enough steps to leave chance in 2 epochs
 
 

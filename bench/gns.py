@@ -22,7 +22,6 @@ The data are the real dataset's (timing does not depend on the pixels).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pandas as pd
 
@@ -67,7 +66,7 @@ def bench(args) -> pd.DataFrame:
 
 def parse_args(argv=None):
     parser = timing_parser(__doc__, model="cnn", batch_sizes=[256, 512], epochs=4, repeats=2,
-                           out=Path("runs") / "bench_gns.csv")
+                           out="bench_gns")
     parser.add_argument("--every", type=int, nargs="+", help="reading intervals to time "
                         "(default: 10, 50, the tracker's default, 200)")
     args = parse(parser, sys.argv[1:] if argv is None else argv, quick_batch=128)

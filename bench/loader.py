@@ -36,17 +36,16 @@ pixel values); labels are random too.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from bench.arguments import bench_parser
 from labkit import data
 from labkit.batching import DeviceBatcher
 from labkit.models import MODELS, build_model
@@ -169,8 +168,7 @@ def bench_adaptive(args, x, y, mean, std, device, cudnn_benchmark) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "bench_loader", "tiny sizes for a CPU smoke run (also without CUDA)")
     parser.add_argument("--model", choices=MODELS, default="cnn")
     parser.add_argument("--dataset", choices=tuple(SHAPES), default="cifar10",
                         help="shapes (and data with --real-data)")
@@ -183,9 +181,6 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=4, help="DataLoader num_workers")
     parser.add_argument("--samples", type=int, default=0, help="use the first N training samples (0: all)")
     parser.add_argument("--cudnn-benchmark", choices=("on", "off", "both"), default="both")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke run (also without CUDA)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "bench_loader.csv")
     args = parser.parse_args(argv)
     args.device = pick_device(args.device)
     if args.quick or args.device.type != "cuda":

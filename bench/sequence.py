@@ -25,14 +25,13 @@ from it.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
+from bench.arguments import bench_parser
 from labkit import text
 from labkit.buckets import BucketBatcher, RandomBatcher, TokenBatcher
 from labkit.models import build_model
@@ -109,8 +108,8 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "bench_sequence", "2 epochs, one seed, 800 training and 500 test messages: "
+                          "a CPU smoke run (also LABKIT_QUICK=1)")
     parser.add_argument("--batchers", nargs="+", choices=BATCHERS, default=list(BATCHERS))
     parser.add_argument("--batch", type=int, default=64, help="messages per batch (global, dynamic, bucket)")
     parser.add_argument("--max-tokens", type=int, default=0,
@@ -120,11 +119,6 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     parser.add_argument("--max-length", type=int, default=200, help="tokens kept per message")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true",
-                        help="2 epochs, one seed, 800 training and 500 test messages: a CPU smoke run "
-                             "(also LABKIT_QUICK=1)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "bench_sequence.csv")
     args = parser.parse_args(argv)
     args.device = pick_device(args.device)
     args.quick = args.quick or quick_mode()

@@ -9,28 +9,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import pandas as pd
 
+from bench.arguments import bench_parser
 from labkit.models import MODELS
 from labkit.runtime import pick_device
 from labkit.train import TrainConfig, fit
 
 
 def timing_parser(doc: str, model: str, batch_sizes: list[int], epochs: int, repeats: int,
-                  out: Path) -> argparse.ArgumentParser:
-    """The arguments every fit-timing benchmark takes; a benchmark adds its own and calls ``parse``."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                  out: str) -> argparse.ArgumentParser:
+    """The arguments every fit-timing benchmark takes (``out``: the CSV's name under runs/); a benchmark adds
+    its own and calls ``parse``."""
+    parser = bench_parser(doc, out, "2048 examples, 2 epochs, 1 round (CPU smoke run)")
     parser.add_argument("--model", choices=MODELS, default=model)
     parser.add_argument("--dataset", default="cifar10", help="a labkit.data name (its real data are used)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_sizes)
     parser.add_argument("--epochs", type=int, default=epochs, help="epochs per run; the first is not timed")
     parser.add_argument("--repeats", type=int, default=repeats, help="rounds over all settings")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="2048 examples, 2 epochs, 1 round (CPU smoke run)")
-    parser.add_argument("--out", type=Path, default=out)
     return parser
 
 

@@ -18,16 +18,15 @@ call per batch size (cuDNN plans are chosen per thread); the batcher's worker is
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from bench.arguments import bench_parser
 from labkit.runtime import pick_device, save_table
 from labkit.serving.bench import SAMPLE_SHAPE, make_model_fn
 
@@ -56,14 +55,13 @@ def in_fresh_thread(work):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "bench_warmup", "200 calls (a CPU smoke run)")
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--slow-ms", type=float, default=4.0, help="a call above this counts as slow")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=Path("runs") / "bench_warmup.csv")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.calls = min(args.calls, 200)
     device = pick_device(args.device)
     model_fn = make_model_fn(args.model, device)
     inputs = torch.randn(MAX_BATCH, *SAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
