@@ -9,6 +9,8 @@
   p50/p99 latency, throughput, mean batch.
 * ``WindowController`` (``labkit.serving.controller``): AIMD on the window toward a p99 latency target,
   never below one batch's service time.
+* ``replay``, ``formula_batch`` (``labkit.serving.replay``): the close rule replayed on arrival times without
+  threads, and E[B] ≈ min(B_max, 1 + λw); ``labkit.serving.report`` reads a ``serve-bench`` CSV.
 
 Lab sheet: *time-constrained adaptive batching*. Chapter: Time-window batching for inference.
 Benchmark: ``labkit serve-bench`` (``labkit.serving.bench``).

@@ -12,14 +12,19 @@ B_0 … B_steps; ``synthetic_loss`` / ``synthetic_entropy`` / ``synthetic_gns`` 
 curves; ``plot_trajectories`` draws trajectories with matplotlib.
 Chapters: every strategy chapter of the book.
 """
+from labkit.widgets.curriculum import CurriculumPanel, curriculum_panel
 from labkit.widgets.goodput import GoodputPanel, goodput_panel
 from labkit.widgets.grid import MAX_POINTS, trajectory
 from labkit.widgets.noise import NoisePanel, noise_panel, plot_pair
 from labkit.widgets.panel import TrajectoryPanel, trajectory_panel
 from labkit.widgets.plot import plot_trajectories
+from labkit.widgets.sequences import SequencesPanel, sequences_panel
+from labkit.widgets.serving import ServingPanel, serving_panel
 from labkit.widgets.synthetic import (MemoryModel, StepTimeModel, default_signals, synthetic_entropy, synthetic_gns,
                                       synthetic_loss)
 
 __all__ = ["trajectory_panel", "TrajectoryPanel", "trajectory", "plot_trajectories", "synthetic_loss",
            "synthetic_entropy", "synthetic_gns", "default_signals", "MemoryModel", "MAX_POINTS", "noise_panel",
-           "NoisePanel", "plot_pair", "goodput_panel", "GoodputPanel", "StepTimeModel"]
+           "NoisePanel", "plot_pair", "goodput_panel", "GoodputPanel", "StepTimeModel",
+           "sequences_panel", "SequencesPanel", "serving_panel", "ServingPanel",
+           "curriculum_panel", "CurriculumPanel"]
