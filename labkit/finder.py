@@ -3,6 +3,8 @@
     labkit find-batch --dataset cifar10 --model cnn --out runs/find-cifar10     # table, JSON, plot
     >>> rec = find_batch_size("cnn", "cifar10")
     >>> rec.batch_size, rec.lr, rec.evidence
+    >>> rec = find_batch_size(net, TensorDataset(X, y), loss_fn=nn.MSELoss(),          # your model, data,
+    ...                       optimizer=lambda params: torch.optim.AdamW(params, 1e-3))  # loss, optimizer
 
 Why these numbers. McCandlish, Kaplan, Amodei 2018 ("An Empirical Model of Large-Batch Training",
 arXiv:1812.06162, §2, eq. 2.11) find that reaching a given loss at batch size B takes
@@ -19,8 +21,9 @@ article (Masterful, "gradient noise scale and hardware analysis") combines the t
     batch = min(B_simple rounded to a multiple of 8 (at least min_batch), the largest batch that fits)
     lr    = scaled_lr(lr, base_batch, batch, lr_rule)      (labkit.strategies.coupling)
 
-Four phases: (a) the largest batch that fits (``labkit.memory``: ×2 then bisect; on the CPU a memory cap
-stands in for the GPU's memory); (b) B_simple: ``gns_steps`` steps of real training at ``base_batch``
+Four phases: (a) the largest batch that fits (``labkit.memory``: an affine memory model a + b·B fitted at
+two small sizes, a jump below the memory and a refinement, about 4 tries; on the CPU a memory cap stands in
+for the GPU's memory); (b) B_simple: ``gns_steps`` steps of real training at ``base_batch``
 (where ``lr`` was tuned), a ``GNSTracker`` reading every ``gns_every`` steps, the smoothed value and the
 10–90 % band of the last readings; (c) samples/s at a few sizes up to the largest that fits (warm-up step
 first, CUDA-synchronised); (d) the recommendation, with the evidence: per batch size, fits?, peak memory,
@@ -41,19 +44,22 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from labkit.batching import DeviceBatcher
 from labkit.checks import check_choice, check_float, check_int
 from labkit.data import DATASETS, TensorData, load
 from labkit.gns import GNSTracker
-from labkit.memory import MemoryProbe, max_batch_that_fits, preserved, probe_step
+from labkit.memory import MemoryProbe, max_batch_that_fits, memory_capacity, preserved, probe_step
 from labkit.models import MODELS, build_model
 from labkit.runtime import pick_device, provenance, quick_mode
-from labkit.step import TrainStep
+from labkit.step import LossFn, TrainStep
 from labkit.strategies import LR_RULES, scaled_lr
 from labkit.train import QUICK_SIZES, TrainConfig, make_optimizer
 
@@ -117,20 +123,27 @@ class Recommendation:
         return f"batch {self.batch_size}, lr {self.lr:.4g}: {self.reason}"
 
 
-def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device=None, lr: float = 0.05,
-                    lr_rule: str = "sqrt", base_batch: int = 128, min_batch: int = 16, max_batch: int | None = None,
-                    gns_steps: int | None = None, gns_every: int | None = None, sizes=None,
-                    memory_cap_bytes: float | None = None, quick: bool | None = None, seed: int = 0,
-                    data_root: str | None = None) -> Recommendation:
+def find_batch_size(model: str | nn.Module, dataset: str | TensorData | Dataset | DataLoader, *,
+                    loss_fn: LossFn = F.cross_entropy,
+                    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+                    device=None, lr: float | None = None, lr_rule: str = "sqrt", base_batch: int = 128,
+                    min_batch: int = 16, max_batch: int | None = None, gns_steps: int | None = None,
+                    gns_every: int | None = None, sizes=None, memory_cap_bytes: float | None = None,
+                    quick: bool | None = None, seed: int = 0, data_root: str | None = None) -> Recommendation:
     """Recommend a batch size and learning rate for ``model`` on ``dataset`` (see the module docstring).
 
     Args:
-        model: a name from ``labkit.models.MODELS`` or a module mapping (B, *input_shape) to logits.
-        dataset: a name from ``labkit.data.DATASETS`` or a loaded ``TensorData``.
+        model: a name from ``labkit.models.MODELS`` or a module mapping (B, *input_shape) to outputs.
+        dataset: a name from ``labkit.data.DATASETS``, a loaded ``TensorData``, or your own
+            ``torch.utils.data.Dataset`` or ``DataLoader`` of (x, y) pairs, read once into tensors (quick:
+            its first 2048 examples) and used as they come (no normalisation).
+        loss_fn: the mean loss of (outputs, y), e.g. ``nn.MSELoss()`` (default cross-entropy).
+        optimizer: a factory, ``optimizer(model.parameters())`` → a torch optimizer, e.g.
+            ``lambda params: torch.optim.AdamW(params, 1e-3)`` (default: fit's SGD, Nesterov momentum 0.9).
         device: default CUDA when present (a module given without ``device`` stays where it is).
-        lr, lr_rule, base_batch: the learning rate tuned for ``base_batch`` and how it scales
-            (linear | sqrt | none); phase (b) trains at ``base_batch`` with ``lr`` (at the largest batch
-            that fits, with lr scaled to it, when ``base_batch`` does not fit).
+        lr, lr_rule, base_batch: the learning rate tuned for ``base_batch`` (default: the optimizer's, 0.05
+            for the default SGD) and how it scales (linear | sqrt | none); phase (b) trains at ``base_batch``
+            with ``lr`` (at the largest batch that fits, with lr scaled to it, when ``base_batch`` does not fit).
         min_batch: the smallest batch recommended (default 16).
         max_batch: the largest batch tried (default and at most: the training set's size).
         gns_steps, gns_every: phase (b)'s steps and reading interval (default 400 and 4; quick: 30 and 2).
@@ -142,7 +155,7 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
     """
     quick = quick_mode() if quick is None else quick
     budget = QUICK if quick else FULL
-    lr = check_float("lr", lr, low=0.0, low_open=True)
+    lr = None if lr is None else check_float("lr", lr, low=0.0, low_open=True)
     lr_rule = check_choice("lr_rule", lr_rule, LR_RULES)
     base_batch = check_int("base_batch", base_batch, low=2)
     min_batch = check_int("min_batch", min_batch, low=1)
@@ -161,17 +174,27 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
         raise TypeError(f"model={model!r} must be a model name (one of {', '.join(MODELS)}) or a torch.nn.Module")
     if isinstance(dataset, str):
         check_choice("dataset", dataset, DATASETS)
-    elif not isinstance(dataset, TensorData):
-        raise TypeError(f"dataset={dataset!r} must be a dataset name (one of {', '.join(DATASETS)}) or a "
-                        f"labkit.data.TensorData")
+    elif not isinstance(dataset, (TensorData, Dataset, DataLoader)):
+        raise TypeError(f"dataset={dataset!r} must be a dataset name (one of {', '.join(DATASETS)}), a "
+                        f"labkit.data.TensorData, or a torch Dataset or DataLoader of (x, y) pairs")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn={loss_fn!r} must be callable: loss_fn(outputs, y) -> mean loss, e.g. nn.MSELoss()")
+    if optimizer is not None and not callable(optimizer):
+        raise TypeError(f"optimizer={optimizer!r} must be a factory of the parameters: use "
+                        f"optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3)")
     if isinstance(model, nn.Module) and device is None:
         device = next(model.parameters()).device
     device = pick_device(None if device is None else str(device))
     if memory_cap_bytes is None and device.type == "cpu":
         memory_cap_bytes = budget.cpu_memory_cap
 
-    # -- data and model -----------------------------------------------------------------------------------
-    data = load(dataset, root=data_root, device=device) if isinstance(dataset, str) else dataset
+    # -- data, model, optimizer ---------------------------------------------------------------------------
+    if isinstance(dataset, str):
+        data = load(dataset, root=data_root, device=device)
+    elif isinstance(dataset, TensorData):
+        data = dataset
+    else:
+        data = _read(dataset, QUICK_SIZES[0] if quick else None)
     if quick and len(data.y_train) > QUICK_SIZES[0]:
         data = data.subset(QUICK_SIZES[0], min(QUICK_SIZES[1], len(data.y_test)), seed=seed)
     n_train = len(data.y_train)
@@ -184,10 +207,21 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
     name = model if isinstance(model, str) else type(model).__name__
     torch.manual_seed(seed)
     if isinstance(model, str):
+        if not data.num_classes:
+            raise ValueError(f"model={model!r} is a classifier, but {data.name}'s targets are not class labels: "
+                             f"pass your own nn.Module and loss_fn")
         model = build_model(model, data.input_shape, data.num_classes)
     model = model.to(device)
-    optimizer = make_optimizer(TrainConfig(lr=lr), model)       # what fit builds: SGD, Nesterov momentum 0.9
-    train = TrainStep(model, optimizer)                         # fit's step: bf16 and channels_last on CUDA
+    if optimizer is None:
+        optimizer = make_optimizer(TrainConfig(lr=0.05 if lr is None else lr), model)   # fit's: SGD, Nesterov 0.9
+    else:
+        made = optimizer(model.parameters())
+        if not isinstance(made, torch.optim.Optimizer):
+            raise TypeError(f"optimizer(model.parameters()) returned {made!r}: expected a torch.optim.Optimizer")
+        optimizer = made
+    if lr is None:
+        lr = check_float("the optimizer's lr", optimizer.param_groups[0]["lr"], low=0.0, low_open=True)
+    train = TrainStep(model, optimizer, loss_fn=loss_fn)        # fit's step: bf16 and channels_last on CUDA
     batcher = DeviceBatcher(data.x_train, data.y_train, data.mean, data.std, seed=seed, drop_last=True,
                             device=device)
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -198,13 +232,14 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
     with preserved(model, optimizer):
         # -- (a) the largest batch that fits ------------------------------------------------------------
         step = probe_step(train, batch_of, memory_cap_bytes=memory_cap_bytes)
+        capacity = memory_capacity(device, memory_cap_bytes)
         memory = max_batch_that_fits(step, start=start, limit=limit, multiple_of=MULTIPLE_OF,
-                                     restore=(model, optimizer))
+                                     restore=(model, optimizer), capacity_bytes=capacity)
         # -- (b) B_simple over a short stretch of training at base_batch (or the largest that fits) -------
         gns_batch = min(base_batch, memory.max_batch)
         tracker = GNSTracker(every=gns_every)
-        _noise_scale(TrainStep(model, optimizer, gns=tracker), batcher, gns_batch, gns_steps,
-                     scaled_lr(lr, base_batch, gns_batch, lr_rule))
+        _noise_scale(TrainStep(model, optimizer, loss_fn=loss_fn, gns=tracker), batcher, gns_batch,
+                     gns_steps, scaled_lr(lr, base_batch, gns_batch, lr_rule))
         limit_name = "the training set" if max_batch is None else "max_batch"
         batch, binding, reason = _decide(tracker, memory, min_batch, gns_batch, limit_name)
         # -- (c) samples/s up to the largest batch that fits ---------------------------------------------
@@ -213,12 +248,36 @@ def find_batch_size(model: str | nn.Module, dataset: str | TensorData, *, device
                  for size in sorted({*timed, batch}) if size <= memory.max_batch}
     # -- (d) the recommendation and its evidence ------------------------------------------------------------
     lr_at = scaled_lr(lr, base_batch, batch, lr_rule)
-    settings = dict(model=name, dataset=data.name, train_examples=n_train, device=str(device), lr=lr, lr_rule=lr_rule,
-                    base_batch=base_batch, min_batch=min_batch, max_batch=limit, multiple_of=MULTIPLE_OF,
-                    gns_batch=gns_batch, gns_steps=gns_steps, gns_every=gns_every, gns_k=tracker.k,
-                    gns_readings=len(tracker.history), memory_cap_bytes=memory_cap_bytes, quick=quick, seed=seed)
+    settings = dict(model=name, dataset=data.name, train_examples=n_train, device=str(device),
+                    loss=getattr(loss_fn, "__name__", type(loss_fn).__name__), optimizer=type(optimizer).__name__,
+                    lr=lr, lr_rule=lr_rule, base_batch=base_batch, min_batch=min_batch, max_batch=limit,
+                    multiple_of=MULTIPLE_OF, memory_tries=len(memory.trials), gns_batch=gns_batch,
+                    gns_steps=gns_steps, gns_every=gns_every, gns_k=tracker.k, gns_readings=len(tracker.history),
+                    memory_cap_bytes=memory_cap_bytes, quick=quick, seed=seed)
     return Recommendation(batch, lr_at, binding, reason, tracker.b_simple, tracker.band, memory.max_batch,
                           _evidence(memory, speed, tracker.b_simple, batch, timed), settings, provenance(device))
+
+
+def _read(dataset: Dataset | DataLoader, limit: int | None) -> TensorData:
+    """A torch ``Dataset`` or ``DataLoader`` of (x, y) pairs as ``TensorData``: its batches concatenated (the
+    first ``limit`` examples), no test split, no normalisation (mean and std None); num_classes is
+    max(y) + 1 for integer targets, 0 for anything else (regression)."""
+    loader = dataset if isinstance(dataset, DataLoader) else DataLoader(dataset, batch_size=256)
+    name = type(loader.dataset).__name__
+    xs, ys = [], []
+    for item in loader:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, Tensor) for t in item)):
+            raise TypeError(f"dataset={dataset!r} gave a batch of type {type(item).__name__}: expected (x, y) pairs "
+                            f"of tensors, as TensorDataset(x, y) gives")
+        xs.append(item[0])
+        ys.append(item[1])
+        if limit is not None and sum(map(len, ys)) >= limit:
+            break
+    if not ys:
+        raise ValueError(f"dataset={dataset!r} is empty: expected (x, y) pairs")
+    x, y = torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+    classes = 0 if y.dtype.is_floating_point else int(y.max()) + 1
+    return TensorData(name, x, y, x[:0], y[:0], classes, tuple(x.shape[1:]), None, None)
 
 
 def _noise_scale(step: TrainStep, batcher: DeviceBatcher, batch: int, steps: int, lr: float) -> None:

@@ -1,10 +1,20 @@
-"""The largest batch whose training step fits in memory: grow ×2 until a step fails, then bisect.
+"""The largest batch whose training step fits in memory: fit an affine memory model and jump, or bisect.
 
-    >>> probe = max_batch_that_fits(probe_step(TrainStep(model, optimizer), batch_of), start=32, limit=8192,
+    >>> step = probe_step(TrainStep(model, optimizer), batch_of)
+    >>> probe = max_batch_that_fits(step, start=256, limit=65536, capacity_bytes=memory_capacity(device),
     ...                             restore=(model, optimizer))
-    >>> probe.max_batch, probe.table()
+    >>> probe.max_batch, len(probe.trials), probe.table()
 
-The search is Lightning's ``BatchSizeFinder(mode="binsearch")``: try start, 2·start, 4·start, … until a
+Two methods (``method=``). "affine" (the default) uses what ``StepMemory`` assumes, that a step's peak
+grows as a + b·B: it measures the peak at two small sizes, fits the line, jumps to the size the line puts
+just below the capacity C (the memory a step may use), and refines from the line through the two largest
+sizes that fitted (chapter: Memory-based batching). Each jump keeps a ``margin`` m of the headroom free,
+
+    B_next = B + (1 − m)·(C − peak(B)) / slope,
+
+so an exactly affine step ends within m² of the headroom after the first refinement, in 4 tries; a convex
+curve (the line from small sizes predicts too little) is caught by verifying each jump. "bisect" is
+Lightning's ``BatchSizeFinder(mode="binsearch")`` and the reference: try start, 2·start, 4·start, … until a
 step runs out of memory or reaches ``limit``, then bisect between the last size that fitted and the first
 that did not, on multiples of ``multiple_of``. If every size below a threshold T fits and none above,
 it takes about log2(T/start) + log2(T/(2·multiple_of)) tries and returns the largest multiple below T.
@@ -13,7 +23,8 @@ Only running out of memory means "does not fit": ``torch.cuda.OutOfMemoryError``
 ``MemoryCapExceeded`` when a step would pass a cap you set. Any other error is a bug and is re-raised.
 After an out-of-memory error the failed step's tensors are released (``gc.collect()``,
 ``torch.cuda.empty_cache()``) before the next try; the objects in ``restore`` (model, optimizer) get
-their state back in a ``finally``: probing trains nothing, even when it fails.
+their state back in a ``finally``: probing trains nothing, even when it fails. Both methods return only a
+size that ran.
 
 Memory of a step: on CUDA, ``torch.cuda.max_memory_allocated`` over the step (the whole process: data,
 weights, optimizer state, activations); a cap is checked after the step. The CPU has no allocator to ask,
@@ -33,7 +44,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from labkit.checks import check_float, check_int
+from labkit.checks import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     from labkit.step import TrainStep      # labkit.step imports this module: the step needs its OOM errors
@@ -41,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ACTIVATION_FACTOR = 2.0   # StepMemory: activations kept for backward + the gradients flowing back
 PARAMETER_COPIES = 4      # StepMemory: weights, gradients, up to two optimizer slots (Adam's moments)
+METHODS = ("affine", "bisect")   # max_batch_that_fits
 
 
 class MemoryCapExceeded(RuntimeError):
@@ -87,16 +99,31 @@ class MemoryProbe:
 
 
 def max_batch_that_fits(try_step: Callable[[int], float | None], start: int = 32, limit: int = 65536, *,
-                        multiple_of: int = 8, restore: tuple = ()) -> MemoryProbe:
+                        multiple_of: int = 8, restore: tuple = (), method: str = "affine",
+                        capacity_bytes: float | None = None, margin: float = 0.05, tolerance: float = 0.01,
+                        max_trials: int = 5) -> MemoryProbe:
     """The largest multiple of ``multiple_of`` up to ``limit`` for which ``try_step(batch)`` runs.
 
     Args:
         try_step: runs one training step (forward, backward, optimizer step) on a batch of that size and
-            returns its peak memory in bytes (or None); ``probe_step`` builds one from a ``TrainStep``.
+            returns its peak memory in bytes (None: unknown, "bisect" only); ``probe_step`` builds one from
+            a ``TrainStep``.
         start: the first size tried, a multiple of ``multiple_of``; if it does not fit, the search
             bisects below it.
         limit: the largest size tried (e.g. the training set's size), rounded down to a multiple.
         restore: objects with ``state_dict``/``load_state_dict`` (model, optimizer) to restore afterwards.
+        method: "affine" (model the peak as a + b·B and jump, see the module docstring) or "bisect"
+            (×2, then bisection: more tries, no model).
+        capacity_bytes: "affine": the peak a step may reach, C (``memory_capacity`` gives it; inf: no
+            bound, the line jumps to ``limit``).
+        margin: "affine": the share m of the headroom C − peak(B) each jump keeps free (default 0.05).
+        tolerance: "affine": stop when the next size would add at most this share to the largest that fits.
+        max_trials: "affine": stop after this many tries once a size fitted (default 5).
+
+    "affine" takes B₁ = start and B₂ = 2·start; then, while the line through the two largest sizes that
+    fitted rises (slope > 0) and stays below the smallest size that failed,
+    B_next = B + (1 − m)·(C − peak(B))/slope, rounded down to a multiple (at least B + multiple_of while the
+    line has room for it); otherwise the bisection's next size (×2, or halfway to a size that failed).
 
     Raises ``NothingFits`` when not even ``multiple_of`` examples fit.
     """
@@ -106,13 +133,24 @@ def max_batch_that_fits(try_step: Callable[[int], float | None], start: int = 32
     if start % multiple_of:
         raise ValueError(f"start={start} is not a multiple of multiple_of={multiple_of}: "
                          f"use start={-(-start // multiple_of) * multiple_of}")
+    affine = None                               # the affine method's settings; None: bisect
+    if check_choice("method", method, METHODS) == "affine":
+        if capacity_bytes is None:
+            raise ValueError("method='affine' needs capacity_bytes, the peak memory a step may reach: pass "
+                             "capacity_bytes=memory_capacity(device, cap), or use method='bisect'")
+        if capacity_bytes != math.inf:
+            capacity_bytes = check_float("capacity_bytes", capacity_bytes, low=0.0, low_open=True)
+        affine = dict(capacity=capacity_bytes, tolerance=check_float("tolerance", tolerance, low=0.0),
+                      margin=check_float("margin", margin, low=0.0, high=1.0, high_open=True),
+                      max_trials=check_int("max_trials", max_trials, low=3))
     trials: list[Trial] = []
     with preserved(*restore):
         good, bad, batch = 0, None, start       # the largest size known to fit, the smallest known not to
         while batch is not None:
             trials.append(_try(try_step, batch))
             good, bad = (batch, bad) if trials[-1].fits else (good, batch)
-            batch = _next_batch(good, bad, limit, multiple_of)
+            batch = (_next_batch(good, bad, limit, multiple_of) if affine is None
+                     else _next_affine(good, bad, limit, multiple_of, trials, **affine))
             log.info("batch %d %s, %s", trials[-1].batch, trials[-1], f"trying {batch}" if batch else "done")
     if good == 0:
         raise NothingFits(f"no batch fits: even {multiple_of} examples ran out of memory ({trials[-1].error}); "
@@ -120,6 +158,19 @@ def max_batch_that_fits(try_step: Callable[[int], float | None], start: int = 32
     log.info("largest batch that fits: %d%s, after %d tries", good, " (the limit)" if good == limit else "",
              len(trials))
     return MemoryProbe(good, limit, tuple(trials))
+
+
+def memory_capacity(device, cap_bytes: float | None = None) -> float:
+    """C for the affine search, in bytes: ``cap_bytes`` when set, at most what the device can give. On
+    CUDA that is the free memory plus what the caching allocator already holds (``mem_get_info`` free +
+    ``memory_reserved``: an upper bound, fragmentation can fail a step below it, which the search's
+    verification catches); on the CPU without a cap, inf."""
+    device = torch.device(device)
+    available = math.inf
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        available = float(free + torch.cuda.memory_reserved(device))
+    return available if cap_bytes is None else min(float(cap_bytes), available)
 
 
 def _try(try_step: Callable[[int], float | None], batch: int) -> Trial:
@@ -141,6 +192,33 @@ def _next_batch(good: int, bad: int | None, limit: int, multiple_of: int) -> int
     if bad - good <= multiple_of:
         return None
     return (good + bad) // 2 // multiple_of * multiple_of
+
+
+def _next_affine(good: int, bad: int | None, limit: int, multiple_of: int, trials: list[Trial], *,
+                 capacity: float, margin: float, tolerance: float, max_trials: int) -> int | None:
+    """B + (1 − margin)·(capacity − peak(B))/slope on the line through the two largest sizes that fitted,
+    while it rises and stays below ``bad``; else ``_next_batch``. None when done (see max_batch_that_fits)."""
+    if good == 0:
+        return _next_batch(good, bad, limit, multiple_of)             # nothing fitted yet: bisect below
+    if len(trials) >= max_trials:
+        return None
+    fitted = sorted((t.batch, t.peak_bytes) for t in trials if t.fits)
+    if math.isnan(fitted[-1][1]):
+        raise ValueError(f"method='affine' needs the step's peak memory, but try_step({fitted[-1][0]}) returned "
+                         f"None: return the peak in bytes, or use method='bisect'")
+    candidate = None
+    if len(fitted) >= 2:
+        (low, low_peak), (high, high_peak) = fitted[-2:]
+        slope = (high_peak - low_peak) / (high - low)                 # bytes per example
+        if slope > 0:
+            room = (capacity - high_peak) / slope                     # examples the line still fits
+            aim = high + max((1 - margin) * room, min(room, multiple_of))
+            candidate = limit if aim >= limit else max(int(aim) // multiple_of * multiple_of, 0)
+            if bad is not None and candidate >= bad:                  # the line was wrong there: bisect
+                candidate = None
+    if candidate is None:
+        candidate = _next_batch(good, bad, limit, multiple_of)
+    return None if candidate is None or candidate - good <= tolerance * good else candidate
 
 
 def probe_step(step: TrainStep, batch_of: Callable[[int], tuple[Tensor, Tensor]], *,
@@ -309,5 +387,6 @@ def format_bytes(n: float) -> str:
     return f"{n / 1024 ** exponent:.3g} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
 
 
-__all__ = ["max_batch_that_fits", "probe_step", "StepMemory", "MemoryWatch", "MemoryProbe", "Trial",
-           "MemoryCapExceeded", "NothingFits", "OUT_OF_MEMORY", "preserved", "free_memory", "format_bytes"]
+__all__ = ["max_batch_that_fits", "memory_capacity", "METHODS", "probe_step", "StepMemory", "MemoryWatch",
+           "MemoryProbe", "Trial", "MemoryCapExceeded", "NothingFits", "OUT_OF_MEMORY", "preserved", "free_memory",
+           "format_bytes"]

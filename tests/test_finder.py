@@ -1,11 +1,14 @@
 """labkit.finder and ``labkit find-batch`` on CPU: scikit-learn digits (1437 training images of 8×8), an MLP,
 quick budgets. The memory cap is set from ``StepMemory`` so that it binds exactly where the test says."""
 import json
+import logging
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from labkit.cli import main
 from labkit.data import load
@@ -98,6 +101,59 @@ def test_a_given_model_comes_back_untouched_and_the_files_are_written(digits, tm
 ])
 def test_bad_arguments_are_refused(kwargs, error, words):
     args = {"model": "mlp", "dataset": "digits", **FAST, **kwargs}
+    with pytest.raises(error, match=words):
+        find_batch_size(args.pop("model"), args.pop("dataset"), **args)
+
+
+# -- your own model, data, loss and optimizer -------------------------------------------------------------------
+def regression():
+    """y = x·w + noise over 8 features: 512 examples, a two-layer regression net."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=generator)
+    y = x @ torch.randn(8, 1, generator=generator) + 0.1 * torch.randn(512, 1, generator=generator)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)), TensorDataset(x, y)
+
+
+def adamw(params):
+    return torch.optim.AdamW(params, lr=1e-3)
+
+
+@pytest.mark.parametrize("as_loader", [False, True])
+def test_own_model_dataset_loss_and_optimizer(as_loader):
+    model, data = regression()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    given = DataLoader(data, batch_size=100, shuffle=True) if as_loader else data
+    rec = find_batch_size(model, given, loss_fn=nn.MSELoss(), optimizer=adamw, **FAST)
+    assert rec.settings["dataset"] == "TensorDataset" and rec.settings["train_examples"] == 512
+    assert rec.memory_max == 512 and rec.binding in ("gns", "limit") and 16 <= rec.batch_size <= 512
+    assert rec.lr == pytest.approx(scaled_lr(1e-3, 32, rec.batch_size, "sqrt"))     # the optimizer's lr at 32
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert rec.evidence.fits.all() and len(rec.evidence) >= 3
+
+
+def test_own_data_under_a_tight_cap_takes_few_tries(caplog):
+    model, data = regression()
+    cap = StepMemory.of(model, data.tensors[0][:1])(200) + 1              # 200 fits, 208 does not
+    with caplog.at_level(logging.INFO, logger="labkit.memory"):
+        rec = find_batch_size(model, data, loss_fn=nn.MSELoss(), optimizer=adamw, memory_cap_bytes=cap, **FAST)
+    assert rec.memory_max == 200 and rec.binding in ("memory", "gns") and rec.batch_size <= 200
+    assert caplog.messages[-1] == "largest batch that fits: 200, after 5 tries"    # 16, 32, jump, 2 refinements
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"dataset": [1, 2, 3]}, TypeError, r"dataset=\[1, 2, 3\] must be a dataset name .* or a torch Dataset or "
+                                        r"DataLoader of \(x, y\) pairs"),
+    ({"loss_fn": "mse"}, TypeError, "loss_fn='mse' must be callable"),
+    ({"optimizer": "adamw"}, TypeError, "optimizer='adamw' must be a factory of the parameters: use optimizer=lambda"),
+    ({"optimizer": lambda params: "sgd"}, TypeError, r"optimizer\(model.parameters\(\)\) returned 'sgd': expected"),
+    ({"dataset": TensorDataset(torch.randn(64, 8))}, TypeError, "gave a batch of type list: expected .x, y. pairs"),
+    ({"dataset": TensorDataset(torch.randn(0, 8), torch.randn(0, 1))}, ValueError, "is empty"),
+    ({"model": "mlp"}, ValueError, "model='mlp' is a classifier, but TensorDataset's targets are not class labels"),
+])
+def test_bad_own_inputs_name_the_value(kwargs, error, words):
+    model, data = regression()
+    args = {"model": model, "dataset": data, "loss_fn": nn.MSELoss(), **FAST, **kwargs}
     with pytest.raises(error, match=words):
         find_batch_size(args.pop("model"), args.pop("dataset"), **args)
 
