@@ -5,12 +5,14 @@
 * ``application/vnd.jupyter.widget-view+json``: ``widget()``, the live ipywidgets view, added only inside a
   Jupyter kernel (Jupyter prefers it there).
 
-A subclass writes ``data()``, ``to_html()`` and ``_build_widget()``; the rest lives here once.
+A subclass writes ``data()``, ``to_html()`` and ``_build_widget()``; the rest lives here once. A panel over
+a grid of control values (``GridPanel``) also gets its start, its checks and its index arithmetic here.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Mapping
 
 
 class Panel(ABC):
@@ -39,6 +41,58 @@ class Panel(ABC):
             if view:
                 bundle.update({k: v for k, v in view.items() if k != "text/plain"})
         return bundle
+
+
+class GridPanel(Panel):
+    """A panel whose controls take values from ``options`` ({control: its values}, in order): every
+    combination is a grid point, flat index Σ index_c · stride_c with the last control varying fastest (the
+    JavaScript uses the same). A subclass sets ``options`` and then ``initial = self._start(defaults,
+    initial)``."""
+
+    options: dict[str, tuple]
+    initial: dict[str, Any]
+
+    def _value(self, name: str, value: Any) -> Any:
+        """A control's value as the grid holds it (a subclass may convert, e.g. a list to a tuple)."""
+        return value
+
+    def _start(self, defaults: Mapping[str, Any], initial: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``defaults`` with ``initial`` on top, every given value checked against the grid."""
+        start = dict(defaults)
+        for name, value in dict(initial or {}).items():
+            value = self._value(name, value)
+            if name not in self.options or value not in self.options[name]:
+                raise ValueError(f"initial {name}={value!r} is not on the grid: options are "
+                                 f"{self.options.get(name, list(self.options))}")
+            start[name] = value
+        return start
+
+    def _chosen(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
+        """The initial values with ``chosen`` on top; an unknown control is a TypeError, a value off the
+        grid a ValueError, each naming what is allowed."""
+        unknown = [k for k in chosen if k not in self.options]
+        if unknown:
+            raise TypeError(f"{unknown[0]!r} is not a control of this panel; its controls are: "
+                            f"{', '.join(self.options)}")
+        out = {**self.initial, **{k: self._value(k, v) for k, v in chosen.items()}}
+        for name, value in out.items():
+            if value not in self.options[name]:
+                raise ValueError(f"{name}={value!r} is not on the panel's grid: options are {self.options[name]}")
+        return out
+
+    @property
+    def strides(self) -> list[int]:
+        """Mixed-radix strides of the controls, the last varying fastest."""
+        sizes = [len(v) for v in self.options.values()]
+        return [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
+
+    def _index(self, chosen: Mapping[str, Any]) -> int:
+        """The flat grid index of a full set of control values."""
+        return sum(self.options[k].index(chosen[k]) * s for k, s in zip(self.options, self.strides))
+
+    def _controls(self) -> str:
+        """'name[n] × ...', the grid's shape for ``__repr__``."""
+        return " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
 
 
 def _kernel_running() -> bool:

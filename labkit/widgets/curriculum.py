@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import html
 import itertools
-import math
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from labkit.checks import check_choice, check_float, check_int
 from labkit.curriculum import SHAPES, Curriculum
-from labkit.widgets.base import Panel
+from labkit.widgets.base import GridPanel
 from labkit.widgets.noise import _options
 from labkit.widgets.static import render_fragment
 
@@ -28,7 +27,7 @@ TS = (1, 2, 4, 8, 12, 16)
 LABELS = {"c0": "c0 (share at epoch 0)", "T": "T (full set from epoch)", "shape": "shape"}
 
 
-class CurriculumPanel(Panel):
+class CurriculumPanel(GridPanel):
     """A grid of (c0, T, shape) and the pool size of every epoch; build it with ``curriculum_panel``.
     ``panel.pools(c0=0.5)`` is the live path (a fresh ``Curriculum``); ``panel.series(c0=0.5)`` reads the
     precomputed sizes the static view draws."""
@@ -44,12 +43,7 @@ class CurriculumPanel(Panel):
             "shape": _options("shape", [check_choice("shape", v, SHAPES) for v in shape])}
         start = {"c0": self.options["c0"][min(2, len(self.options["c0"]) - 1)],
                  "T": self.options["T"][len(self.options["T"]) // 2], "shape": self.options["shape"][-1]}
-        for name, value in dict(initial or {}).items():
-            if name not in self.options or value not in self.options[name]:
-                raise ValueError(f"initial {name}={value!r} is not on the grid: options are "
-                                 f"{self.options.get(name, list(self.options))}")
-            start[name] = value
-        self.initial = start
+        self.initial = start = self._start(start, initial)
         self._data = None
         self.title = title or f"The curriculum's pool per epoch: N = {self.n} examples, {self.epochs} epochs"
 
@@ -68,12 +62,8 @@ class CurriculumPanel(Panel):
     def series(self, **chosen: Any) -> list[int]:
         """The precomputed pool sizes at a point, read from ``data()`` by the JavaScript's arithmetic."""
         d, p = self.data(), self._chosen(chosen)
-        return d["pools"][sum(self.options[k].index(p[k]) * s for k, s in zip(self.options, d["strides"]))]
+        return d["pools"][self._index(p)]
 
-    @property
-    def strides(self) -> list[int]:
-        sizes = [len(v) for v in self.options.values()]
-        return [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
 
     def data(self) -> dict[str, Any]:
         """Everything the static view needs: the pool sizes at every grid point (the last control fastest)."""
@@ -90,16 +80,6 @@ class CurriculumPanel(Panel):
             }
         return self._data
 
-    def _chosen(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = [k for k in chosen if k not in self.options]
-        if unknown:
-            raise TypeError(f"{unknown[0]!r} is not a control of this panel; its controls are: "
-                            f"{', '.join(self.options)}")
-        out = {**self.initial, **chosen}
-        for name, value in out.items():
-            if value not in self.options[name]:
-                raise ValueError(f"{name}={value!r} is not on the panel's grid: options are {self.options[name]}")
-        return out
 
     # -- views -----------------------------------------------------------------------------------------------
     def to_html(self) -> str:
@@ -111,7 +91,7 @@ class CurriculumPanel(Panel):
         return _curriculum_widget(self)
 
     def __repr__(self) -> str:
-        sizes = " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
+        sizes = self._controls()
         return f"CurriculumPanel(n={self.n}, epochs={self.epochs}; controls: {sizes})"
 
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from labkit.checks import check_float, check_int
 from labkit.goodput import best_batch, efficiency, goodput, optimum
 from labkit.strategies import adascale_gain
-from labkit.widgets.base import Panel
+from labkit.widgets.base import GridPanel
 from labkit.widgets.noise import _fmt, _options
 from labkit.widgets.static import render_fragment
 
@@ -34,7 +34,7 @@ WHY = ("", "the memory ceiling", "the min batch")          # what clamped the be
 PER_OCTAVE = 4                                             # curve points per doubling of B
 
 
-class GoodputPanel(Panel):
+class GoodputPanel(GridPanel):
     """A grid of (B_noise, α, β, ceiling) and the goodput model at every point; build it with
     ``goodput_panel``. ``panel.curves(alpha=0.01)`` and ``panel.point(alpha=0.01)`` are the live path
     (fresh ``labkit.goodput`` calls); ``panel.series(alpha=0.01)`` reads the precomputed point the static
@@ -52,12 +52,7 @@ class GoodputPanel(Panel):
         self.options["ceiling"] = _options("ceiling", [check_int("ceiling", v, low=self.min_batch)
                                                        for v in ceiling])
         start = {k: v[len(v) // 2] for k, v in self.options.items()}
-        for name, value in dict(initial or {}).items():
-            if name not in self.options or value not in self.options[name]:
-                raise ValueError(f"initial {name}={value!r} is not on the grid: options are "
-                                 f"{self.options.get(name, list(self.options))}")
-            start[name] = value
-        self.initial = start
+        self.initial = start = self._start(start, initial)
         top = max(self.options["ceiling"]) * 2
         self.batches = sorted({round(2 ** (k / PER_OCTAVE))
                                for k in range(PER_OCTAVE * math.ceil(math.log2(top)) + 1)})
@@ -143,16 +138,6 @@ class GoodputPanel(Panel):
             "emax": math.ceil(max(es) * 4) / 4,
         }
 
-    def _chosen(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = [k for k in chosen if k not in self.options]
-        if unknown:
-            raise TypeError(f"{unknown[0]!r} is not a control of this panel; its controls are: "
-                            f"{', '.join(self.options)}")
-        out = {**self.initial, **chosen}
-        for name, value in out.items():
-            if value not in self.options[name]:
-                raise ValueError(f"{name}={value!r} is not on the panel's grid: options are {self.options[name]}")
-        return out
 
     # -- views --------------------------------------------------------------------------------------------
     def to_html(self) -> str:
@@ -164,7 +149,7 @@ class GoodputPanel(Panel):
         return _goodput_widget(self)
 
     def __repr__(self) -> str:
-        sizes = " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
+        sizes = self._controls()
         return (f"GoodputPanel(base_batch={self.base_batch}, min_batch={self.min_batch}; controls: {sizes}; "
                 f"{math.prod(len(v) for v in self.options.values())} grid points)")
 

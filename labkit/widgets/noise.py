@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from labkit.checks import check_float, check_int
 from labkit.lr_schedules import PAIR_RUNS, step_pair
-from labkit.widgets.base import Panel
+from labkit.widgets.base import GridPanel
 from labkit.widgets.static import render_fragment
 
 MILESTONES = ((6, 9), (4, 8), (3, 6, 9), (8,))   # finished epochs after which lr·γ (or batch/γ) applies
@@ -30,7 +30,7 @@ SERIES = ("lr", "batch", "g", "g_exact", "cum_steps")   # step_pair columns the 
 LABELS = {"milestones": "milestones (epochs)", "gamma": "γ", "lr": "starting lr", "batch": "starting B"}
 
 
-class NoisePanel(Panel):
+class NoisePanel(GridPanel):
     """A grid of (milestones, γ, lr, batch) and ``step_pair`` at every point; build it with
     ``noise_panel``. ``panel.pair(gamma=0.2)`` is the live path (a fresh ``step_pair`` table);
     ``panel.series(gamma=0.2)`` reads the precomputed point the static view draws."""
@@ -48,13 +48,7 @@ class NoisePanel(Panel):
         start = {"milestones": self.options["milestones"][0], "gamma": self.options["gamma"][-1],
                  "lr": self.options["lr"][len(self.options["lr"]) // 2],
                  "batch": self.options["batch"][len(self.options["batch"]) // 2]}
-        for name, value in dict(initial or {}).items():
-            value = tuple(value) if name == "milestones" else value
-            if name not in self.options or value not in self.options[name]:
-                raise ValueError(f"initial {name}={value!r} is not on the grid: options are "
-                                 f"{self.options.get(name, list(self.options))}")
-            start[name] = value
-        self.initial = start
+        self.initial = start = self._start(start, initial)
         self.points = [self._compute(dict(zip(self.options, values)))
                        for values in itertools.product(*self.options.values())]
         if isinstance(self.points[self._index(start)], str):
@@ -63,6 +57,9 @@ class NoisePanel(Panel):
                                f"epochs (n = {self.n}, momentum {self.momentum:g})")
 
     # -- the grid ---------------------------------------------------------------------------------------------
+    def _value(self, name: str, value: Any) -> Any:
+        return tuple(value) if name == "milestones" else value         # milestones come as lists too
+
     def pair(self, **chosen: Any):
         """``step_pair`` at a point (``chosen`` overrides the initial values): the live path."""
         p = self._chosen(chosen)
@@ -76,25 +73,6 @@ class NoisePanel(Panel):
             raise ValueError(point)
         return point
 
-    def _chosen(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = [k for k in chosen if k not in self.options]
-        if unknown:
-            raise TypeError(f"{unknown[0]!r} is not a control of this panel; its controls are: "
-                            f"{', '.join(self.options)}")
-        out = {**self.initial, **{k: tuple(v) if k == "milestones" else v for k, v in chosen.items()}}
-        for name, value in out.items():
-            if value not in self.options[name]:
-                raise ValueError(f"{name}={value!r} is not on the panel's grid: options are {self.options[name]}")
-        return out
-
-    def _index(self, chosen: Mapping[str, Any]) -> int:
-        return sum(self.options[k].index(chosen[k]) * s for k, s in zip(self.options, self.strides))
-
-    @property
-    def strides(self) -> list[int]:
-        """Mixed-radix strides, the last control varying fastest (the JavaScript uses the same)."""
-        sizes = [len(v) for v in self.options.values()]
-        return [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
 
     def _compute(self, p: Mapping[str, Any]) -> dict[str, list[list[float]]] | str:
         try:
@@ -129,7 +107,7 @@ class NoisePanel(Panel):
         return _noise_widget(self)
 
     def __repr__(self) -> str:
-        sizes = " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
+        sizes = self._controls()
         bad = sum(isinstance(p, str) for p in self.points)
         return (f"NoisePanel(epochs={self.epochs}, n={self.n}, momentum={self.momentum:g}; controls: {sizes}; "
                 f"{len(self.points)} grid points, {bad} invalid)")

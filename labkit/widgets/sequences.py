@@ -24,7 +24,7 @@ import torch
 from labkit.buckets import BucketBatcher, RandomBatcher, TokenBatcher
 from labkit.checks import check_int
 from labkit.text import check_sequences
-from labkit.widgets.base import Panel
+from labkit.widgets.base import GridPanel
 from labkit.widgets.noise import _options
 from labkit.widgets.static import render_fragment
 
@@ -38,7 +38,7 @@ USES = {"global": ("batch",), "dynamic": ("batch",), "bucket": ("batch", "pool")
 STAT_KEYS = ("padding", "steps", "min_batch", "max_batch")
 
 
-class SequencesPanel(Panel):
+class SequencesPanel(GridPanel):
     """A grid of (B, T, pool) and one epoch of each batcher at every point; build it with
     ``sequences_panel``. ``panel.point(batch=64)`` is the live path (fresh batchers, one epoch each);
     ``panel.series(batch=64)`` reads the precomputed numbers the static view draws."""
@@ -55,12 +55,7 @@ class SequencesPanel(Panel):
                                                               for v in max_tokens]),
                         "pool": _options("pool", [check_int("pool", v, low=1) for v in pool])}
         start = {k: v[len(v) // 2] for k, v in self.options.items()}
-        for name, value in dict(initial or {}).items():
-            if name not in self.options or value not in self.options[name]:
-                raise ValueError(f"initial {name}={value!r} is not on the grid: options are "
-                                 f"{self.options.get(name, list(self.options))}")
-            start[name] = value
-        self.initial = start
+        self.initial = start = self._start(start, initial)
         self.tokens = sum(len(s) for s in self.sequences)
         self._data = None
         self.title = title or (f"Padding and batches per epoch: {len(self.sequences)} sequences, "
@@ -125,16 +120,6 @@ class SequencesPanel(Panel):
             }
         return self._data
 
-    def _chosen(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = [k for k in chosen if k not in self.options]
-        if unknown:
-            raise TypeError(f"{unknown[0]!r} is not a control of this panel; its controls are: "
-                            f"{', '.join(self.options)}")
-        out = {**self.initial, **chosen}
-        for name, value in out.items():
-            if value not in self.options[name]:
-                raise ValueError(f"{name}={value!r} is not on the panel's grid: options are {self.options[name]}")
-        return out
 
     # -- views -----------------------------------------------------------------------------------------------
     def to_html(self) -> str:
@@ -146,7 +131,7 @@ class SequencesPanel(Panel):
         return _sequences_widget(self)
 
     def __repr__(self) -> str:
-        sizes = " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
+        sizes = self._controls()
         return (f"SequencesPanel({len(self.sequences)} sequences, {self.tokens} tokens, seed={self.seed}; "
                 f"controls: {sizes})")
 

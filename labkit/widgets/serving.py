@@ -22,7 +22,7 @@ import numpy as np
 from labkit.checks import check_float, check_int
 from labkit.serving import poisson_arrivals
 from labkit.serving.replay import formula_batch, replay
-from labkit.widgets.base import Panel
+from labkit.widgets.base import GridPanel
 from labkit.widgets.noise import _fmt, _options
 from labkit.widgets.static import render_fragment
 
@@ -33,7 +33,7 @@ LABELS = {"rate": "arrival rate λ (/s)", "window": "window w (ms)", "max_batch"
 POINT_KEYS = ("mean_batch", "formula", "p50", "p99", "max", "mean")
 
 
-class ServingPanel(Panel):
+class ServingPanel(GridPanel):
     """A grid of (λ, w, B_max) and the replay at every point; build it with ``serving_panel``.
     ``panel.point(rate=4000)`` is the live path (a fresh replay); ``panel.series(rate=4000)`` reads the
     precomputed numbers the static view draws."""
@@ -49,12 +49,7 @@ class ServingPanel(Panel):
             "window": _options("window", [check_float("window", v, low=0.0, low_open=True) for v in window]),
             "max_batch": _options("max_batch", [check_int("max_batch", v, low=1) for v in max_batch])}
         start = {k: v[len(v) // 2] for k, v in self.options.items()}
-        for name, value in dict(initial or {}).items():
-            if name not in self.options or value not in self.options[name]:
-                raise ValueError(f"initial {name}={value!r} is not on the grid: options are "
-                                 f"{self.options.get(name, list(self.options))}")
-            start[name] = value
-        self.initial = start
+        self.initial = start = self._start(start, initial)
         self._data = None
         self.title = title or (f"Time-window batching, replayed: {self.requests} Poisson arrivals, service "
                                f"time s = {self.service_ms:g} ms per batch")
@@ -78,13 +73,8 @@ class ServingPanel(Panel):
     def series(self, **chosen: Any) -> dict[str, float]:
         """The precomputed point, read from ``data()`` by the JavaScript's index arithmetic."""
         d, p = self.data(), self._chosen(chosen)
-        key = sum(self.options[k].index(p[k]) * s for k, s in zip(self.options, d["strides"]))
-        return dict(zip(POINT_KEYS, d["points"][key]))
+        return dict(zip(POINT_KEYS, d["points"][self._index(p)]))
 
-    @property
-    def strides(self) -> list[int]:
-        sizes = [len(v) for v in self.options.values()]
-        return [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
 
     def data(self) -> dict[str, Any]:
         """Everything the static view needs: ``POINT_KEYS`` at every grid point (the last control fastest)."""
@@ -104,16 +94,6 @@ class ServingPanel(Panel):
             }
         return self._data
 
-    def _chosen(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = [k for k in chosen if k not in self.options]
-        if unknown:
-            raise TypeError(f"{unknown[0]!r} is not a control of this panel; its controls are: "
-                            f"{', '.join(self.options)}")
-        out = {**self.initial, **chosen}
-        for name, value in out.items():
-            if value not in self.options[name]:
-                raise ValueError(f"{name}={value!r} is not on the panel's grid: options are {self.options[name]}")
-        return out
 
     # -- views -----------------------------------------------------------------------------------------------
     def to_html(self) -> str:
@@ -125,7 +105,7 @@ class ServingPanel(Panel):
         return _serving_widget(self)
 
     def __repr__(self) -> str:
-        sizes = " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
+        sizes = self._controls()
         return (f"ServingPanel(service_ms={self.service_ms:g}, requests={self.requests}, seed={self.seed}; "
                 f"controls: {sizes})")
 
