@@ -64,7 +64,6 @@ class CurriculumPanel(GridPanel):
         d, p = self.data(), self._chosen(chosen)
         return d["pools"][self._index(p)]
 
-
     def data(self) -> dict[str, Any]:
         """Everything the static view needs: the pool sizes at every grid point (the last control fastest)."""
         if self._data is None:
@@ -79,7 +78,6 @@ class CurriculumPanel(GridPanel):
                           for values in itertools.product(*self.options.values())],
             }
         return self._data
-
 
     # -- views -----------------------------------------------------------------------------------------------
     def to_html(self) -> str:

@@ -138,7 +138,6 @@ class GoodputPanel(GridPanel):
             "emax": math.ceil(max(es) * 4) / 4,
         }
 
-
     # -- views --------------------------------------------------------------------------------------------
     def to_html(self) -> str:
         """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""

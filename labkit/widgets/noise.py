@@ -73,7 +73,6 @@ class NoisePanel(GridPanel):
             raise ValueError(point)
         return point
 
-
     def _compute(self, p: Mapping[str, Any]) -> dict[str, list[list[float]]] | str:
         try:
             table = step_pair(self.epochs, p["milestones"], p["gamma"], p["lr"], p["batch"], self.n, self.momentum)

@@ -120,7 +120,6 @@ class SequencesPanel(GridPanel):
             }
         return self._data
 
-
     # -- views -----------------------------------------------------------------------------------------------
     def to_html(self) -> str:
         """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""

@@ -75,7 +75,6 @@ class ServingPanel(GridPanel):
         d, p = self.data(), self._chosen(chosen)
         return dict(zip(POINT_KEYS, d["points"][self._index(p)]))
 
-
     def data(self) -> dict[str, Any]:
         """Everything the static view needs: ``POINT_KEYS`` at every grid point (the last control fastest)."""
         if self._data is None:
@@ -93,7 +92,6 @@ class ServingPanel(GridPanel):
                 "lmax": 2 ** math.ceil(math.log2(max(lat))),
             }
         return self._data
-
 
     # -- views -----------------------------------------------------------------------------------------------
     def to_html(self) -> str:
