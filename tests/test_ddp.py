@@ -9,7 +9,6 @@ training on the same global batches.
 import datetime
 import json
 import math
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import torch
 
 from labkit.cli import main
 from labkit.train import TrainConfig, fit
+from ranks import spawn
 
 WORLD = 2
 CONFIG = TrainConfig(dataset="digits", model="mlp", strategy="loss", epochs=3, lr=0.05, quick=False, device="cpu",
@@ -121,24 +121,7 @@ def _worker(rank, tmp):
 def ranks(tmp_path_factory):
     """What each of the two ranks recorded, from one spawned run."""
     tmp = tmp_path_factory.mktemp("ddp_fit")
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(rank, str(tmp))) for rank in range(WORLD)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=120)
-    for p in processes:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    results = []
-    for rank in range(WORLD):
-        path = tmp / f"rank{rank}.json"
-        assert path.exists(), f"rank {rank} wrote nothing (exit code {processes[rank].exitcode})"
-        result = json.loads(path.read_text())
-        assert "traceback" not in result, f"rank {rank} failed:\n{result['traceback']}"
-        results.append(result)
-    return tmp, results
+    return tmp, spawn(_worker, (str(tmp),), WORLD, tmp)
 
 
 def test_ranks_end_with_one_strategy_and_one_model(ranks):

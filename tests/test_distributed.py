@@ -5,7 +5,6 @@ rank writes what it saw to a JSON file under tmp_path and the parent compares th
 """
 import datetime
 import json
-import multiprocessing
 import os
 import traceback
 
@@ -15,6 +14,7 @@ import torch
 import labkit.strategies as s
 from labkit.integrations.distributed import agree
 from labkit.strategies import LRCoupling
+from ranks import spawn
 
 WORLD = 2
 # Each rank's loss per decision. Alone, rank 0 oscillates (grow, shrink, ...) and rank 1 too, out of
@@ -88,24 +88,7 @@ def _worker(rank, tmp):
 def ranks(tmp_path_factory):
     """What each of the two ranks recorded, from one spawned run."""
     tmp = tmp_path_factory.mktemp("ddp")
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(rank, str(tmp))) for rank in range(WORLD)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=60)
-    for p in processes:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    results = []
-    for rank in range(WORLD):
-        path = tmp / f"rank{rank}.json"
-        assert path.exists(), f"rank {rank} wrote nothing (exit code {processes[rank].exitcode})"
-        result = json.loads(path.read_text())
-        assert "traceback" not in result, f"rank {rank} failed:\n{result['traceback']}"
-        results.append(result)
-    return results
+    return spawn(_worker, (str(tmp),), WORLD, tmp, timeout=60)
 
 
 def test_ranks_agree_on_every_decision(ranks):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import socket
 import traceback
@@ -22,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger  # noqa: E402
 
 import labkit.strategies as s  # noqa: E402
 from labkit.integrations.lightning import AdaptiveBatchSize  # noqa: E402
+from ranks import spawn  # noqa: E402
 
 N = 96
 
@@ -211,23 +211,8 @@ def free_port() -> int:
 
 
 def test_ddp_ranks_agree_on_every_decision(tmp_path):
-    context = multiprocessing.get_context("spawn")
     port = free_port()
-    processes = [context.Process(target=_ddp_worker, args=(rank, port, str(tmp_path))) for rank in range(WORLD)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=120)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    ranks = []
-    for rank in range(WORLD):
-        path = tmp_path / f"rank{rank}.json"
-        assert path.exists(), f"rank {rank} wrote nothing (exit code {processes[rank].exitcode})"
-        result = json.loads(path.read_text())
-        assert "traceback" not in result, f"rank {rank} failed:\n{result['traceback']}"
-        ranks.append(result)
+    ranks = spawn(_ddp_worker, (port, str(tmp_path)), WORLD, tmp_path)
     zero, one = ranks
     assert zero["state"] == one["state"] and zero["lr"] == one["lr"]
     assert zero["seen"] == one["seen"]                       # the same per-rank batch sizes, batch by batch

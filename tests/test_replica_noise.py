@@ -2,7 +2,6 @@
 process computing each shard's gradient by hand (``labkit.gns.microbatch_norms``), and train the same."""
 import datetime
 import json
-import multiprocessing
 import os
 import traceback
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from labkit.gns import microbatch_norms, two_batch_estimate
+from ranks import spawn
 
 WORLD, LOCAL = 2, 16
 STEPS = 2
@@ -64,22 +64,7 @@ def _worker(rank, tmp):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replicas")
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(rank, str(tmp))) for rank in range(WORLD)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=60)
-        if p.is_alive():
-            p.kill()
-    results = []
-    for rank in range(WORLD):
-        path = tmp / f"rank{rank}.json"
-        assert path.exists(), f"rank {rank} wrote nothing (exit code {processes[rank].exitcode})"
-        result = json.loads(path.read_text())
-        assert "traceback" not in result, f"rank {rank} failed:\n{result['traceback']}"
-        results.append(result)
-    return results
+    return spawn(_worker, (str(tmp),), WORLD, tmp, timeout=60)
 
 
 def by_hand():
