@@ -220,3 +220,59 @@ class TokenBatcher(SequenceBatcher):
     def __repr__(self) -> str:
         return (f"TokenBatcher({self.num_samples} sequences, max_tokens={self.max_tokens}, pool={self.pool}, "
                 f"device={self.tokens.device})")
+
+
+SEQUENCE_COLUMNS = {"padding": "padding_fraction", "steps/epoch": "steps_per_epoch", "mean B": "mean_batch",
+                    "tokens/s": "tokens_per_s", "wall s": "wall_s", "acc": "test_accuracy",
+                    "spam F1": "spam_f1"}
+SEQUENCE_SPREAD = {"tokens/s": "tokens/s ±", "wall s": "wall ±", "acc": "acc ±", "spam F1": "F1 ±"}
+
+
+def sequence_table(bench):
+    """Per batcher (in the order they first appear) of a ``bench.sequence`` table (one row per batcher and
+    seed): ``seeds``, then the mean over seeds of padding, steps/epoch, mean B, tokens/s, wall s, acc and
+    spam F1, each of the last four followed by its std over seeds (ddof 1) as ``<name> ±``.
+    Chapter: Conclusions."""
+    import pandas as pd
+
+    grouped = bench.groupby("batcher", sort=False)
+    mean, std = grouped.mean(numeric_only=True), grouped.std(numeric_only=True)
+    table = pd.DataFrame({"seeds": grouped.size()})
+    for name, column in SEQUENCE_COLUMNS.items():
+        table[name] = mean[column]
+        if name in SEQUENCE_SPREAD:
+            table[SEQUENCE_SPREAD[name]] = std[column]
+    return table
+
+
+def sequence_verdict(table, reference: str = "global") -> tuple[dict, list[str]]:
+    """What wins on a ``sequence_table``: the least padding (against ``reference``, how many times less),
+    the most real tokens/s, the best accuracy and spam F1, each with the batchers tied within the larger
+    seed std (``comparison.leaders``), and the speed gap to ``reference`` in those stds. Returns (the
+    verdict entry: accuracy, time, cost / energy, caveat; printable lines). Chapter: Conclusions."""
+    from labkit.comparison import gap_in_std, leaders, with_ties
+
+    acc_best, acc_tied = leaders(table, "acc", "acc ±")
+    f1_best, f1_tied = leaders(table, "spam F1", "F1 ±")
+    fast, fast_tied = leaders(table, "tokens/s", "tokens/s ±")
+    lean = table.padding.idxmin()
+    _, units = gap_in_std(table, fast, reference, "tokens/s", "tokens/s ±")
+    at = table.at
+    lines = [
+        (f"least padding: {lean}, {at[lean, 'padding']:.3f} of the token slots,\n  against "
+         f"{at[reference, 'padding']:.3f} for {reference} padding "
+         f"({at[reference, 'padding'] / at[lean, 'padding']:.0f}× less)"),
+        (f"most real tokens/s: {fast}, {at[fast, 'tokens/s']:,.0f} ± {at[fast, 'tokens/s ±']:,.0f}; "
+         f"tied within noise: {', '.join(fast_tied) or 'none'}"),
+        (f"  against {reference} padding: {at[fast, 'tokens/s'] / at[reference, 'tokens/s']:.2f}×, "
+         f"a gap of {units:.1f}× the larger seed std"),
+        (f"most accurate: {acc_best}, {at[acc_best, 'acc']:.4f} ± {at[acc_best, 'acc ±']:.4f}; "
+         f"tied within noise: {', '.join(acc_tied) or 'none'}"),
+        (f"best spam F1: {f1_best}, {at[f1_best, 'spam F1']:.3f} ± {at[f1_best, 'F1 ±']:.3f}; "
+         f"tied within noise: {', '.join(f1_tied) or 'none'}"),
+    ]
+    entry = {"accuracy": with_ties(acc_best, acc_tied), "time": "tokens/s: " + with_ties(fast, fast_tied),
+             "cost / energy": f"energy not measured; least padding (wasted slots): {lean}",
+             "caveat": f"padding {table.padding.max() / table.padding.min():.0f}× apart, speed gap "
+                       f"{units:.1f}× the seed std"}
+    return entry, lines

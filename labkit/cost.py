@@ -373,6 +373,50 @@ def cost_table(histories: pd.DataFrame, prices: Prices = Prices(), target_acc: f
     return table.sort_values("cloud_usd")
 
 
+def cost_by_run(histories: pd.DataFrame, prices: Prices = Prices(), target_acc: float | None = None
+                ) -> pd.DataFrame:
+    """``cost_table`` as the Conclusions chapter prints it: one row per run under its short label
+    (``comparison.short_label``), sorted by label, with ``time s``, ``time ±``, ``energy J``, ``energy ±``
+    (mean and std over seeds), ``mean W`` = energy J / time s and ``cloud ¢`` = 100 · cloud_usd; with
+    ``target_acc`` the runs stop at their first epoch reaching it and ``reached`` (seeds that did) comes
+    first. Chapter: Conclusions."""
+    from labkit.comparison import short_label      # here: comparison → experiments → train → cost
+
+    t = cost_table(histories, prices, target_acc=target_acc, spread=True)
+    t = t.rename(index=short_label).sort_index()
+    table = pd.DataFrame({"time s": t.time_s, "time ±": t.time_s_std, "energy J": t.energy_j,
+                          "energy ±": t.energy_j_std, "mean W": t.energy_j / t.time_s,
+                          "cloud ¢": 100 * t.cloud_usd})
+    if target_acc is not None:
+        table.insert(0, "reached", t.reached)
+    return table
+
+
+def energy_verdict(to_target: pd.DataFrame, whole: pd.DataFrame, target_acc: float,
+                   span: str = "the whole run") -> tuple[dict, list[str]]:
+    """Which runs use the least energy, from two ``cost_by_run`` tables (to ``target_acc`` and the whole
+    run): the leader of ``energy J`` (lower is better) with the runs tied within the larger seed std
+    (``comparison.leaders``), and the adaptive runs' range (labels not starting with "fixed") against
+    the fixed runs (shortest label first); ``span`` names the whole run in the lines. Returns (the
+    verdict entry: accuracy, time, cost / energy, caveat; printable lines).
+    Chapter: Conclusions."""
+    from labkit.comparison import leaders, with_ties
+
+    best, tied = leaders(to_target, "energy J", "energy ±", higher=False)
+    best_whole, tied_whole = leaders(whole, "energy J", "energy ±", higher=False)
+    fixed = sorted((r for r in whole.index if r.startswith("fixed")), key=lambda r: (len(r), r))
+    adaptive = whole.drop(index=fixed)["energy J"]
+    against = " and ".join(f"{whole.at[r, 'energy J']:.0f} J for {r}" for r in fixed)
+    lines = [f"least energy to {target_acc}: {with_ties(best, tied)}",
+             f"least energy over {span}: {with_ties(best_whole, tied_whole)}",
+             f"adaptive runs over {span}: {adaptive.min():.0f} to {adaptive.max():.0f} J,\n  against {against}"]
+    entry = {"accuracy": "not compared (untuned constant-LR runs)", "time": "follows energy",
+             "cost / energy": f"to {target_acc}: {with_ties(best, tied)}; whole run: {best_whole} "
+                              f"({len(whole)} strategies)",
+             "caveat": "energy counter coarse for runs of a few seconds"}
+    return entry, lines
+
+
 def _require_columns(frame: pd.DataFrame, names: Sequence[str], what: str) -> None:
     missing = [name for name in names if name not in frame.columns]
     if missing:
@@ -380,4 +424,5 @@ def _require_columns(frame: pd.DataFrame, names: Sequence[str], what: str) -> No
                          f"it has {', '.join(map(repr, frame.columns))}")
 
 
-__all__ = ["EnergyMeter", "Prices", "PriceWindows", "Upfront", "run_cost", "cost_table", "trapezoid_joules"]
+__all__ = ["EnergyMeter", "Prices", "PriceWindows", "Upfront", "run_cost", "cost_table", "cost_by_run",
+           "energy_verdict", "trapezoid_joules"]

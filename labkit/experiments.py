@@ -354,6 +354,20 @@ def provenance_counts(configs: list[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).value_counts().rename("runs").reset_index()
 
 
+def decision_trail(decisions: pd.DataFrame) -> pd.DataFrame:
+    """A strategy's ``decisions.csv`` (step, old, new, reason) shortened: consecutive rows with the same
+    (old, new, reason) become one row whose ``steps`` is 'first–last' (or the one step). Columns: steps,
+    old, new, reason, in the order of the log. Chapter: Conclusions."""
+    keys = decisions[["old", "new", "reason"]]
+    block = (keys != keys.shift()).any(axis=1).cumsum()
+
+    def span(s):
+        return f"{s.iloc[0]}–{s.iloc[-1]}" if len(s) > 1 else f"{s.iloc[0]}"
+
+    return decisions.groupby(block).agg(steps=("step", span), old=("old", "first"), new=("new", "first"),
+                                        reason=("reason", "first")).reset_index(drop=True)
+
+
 def portable_command(command: str) -> str:
     """A recorded command without the machine's directories: '/root/out/results/x.csv' → 'results/x.csv',
     'python3 /work/main/bench/sequence.py' → 'python3 bench/sequence.py' (any absolute path is cut back to

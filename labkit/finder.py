@@ -384,4 +384,22 @@ def plot_recommendation(rec: Recommendation, path: str | Path | None = None):
     return fig
 
 
-__all__ = ["find_batch_size", "Recommendation", "plot_recommendation", "Budget", "FULL", "QUICK"]
+def read_recommendation(path: str | Path) -> dict:
+    """One ``recommendation.json`` written by ``labkit find-batch`` as a flat row: ``name`` (dataset
+    model), ``ran`` (device, torch, labkit commit, date), batch, lr, binding, B_simple, band low (the low
+    end of ``b_simple_band``), and from the timed evidence (rows with a relative time) the chosen batch's
+    samples/s and rel. time and the ``fastest B`` (the smallest relative time). Chapter: Conclusions."""
+    rec = json.loads(Path(path).read_text())
+    q, s = rec["provenance"], rec["settings"]
+    evidence = pd.DataFrame(rec["evidence"]).dropna(subset=["relative_time"])
+    fastest = evidence.loc[evidence.relative_time.idxmin()]
+    chosen = evidence[evidence.batch == rec["batch_size"]].iloc[0]
+    return {"name": f"{s['dataset']} {s['model']}",
+            "ran": f"{q['device_name']}, torch {q['torch']},\n  labkit commit {q['commit']}, {q['date']}",
+            "batch": rec["batch_size"], "lr": rec["lr"], "binding": rec["binding"],
+            "B_simple": rec["b_simple"], "band low": rec["b_simple_band"][0],
+            "samples/s": chosen.samples_per_s, "rel. time": chosen.relative_time,
+            "fastest B": fastest.batch}
+
+
+__all__ = ["find_batch_size", "Recommendation", "plot_recommendation", "read_recommendation", "Budget", "FULL", "QUICK"]

@@ -387,6 +387,25 @@ def format_bytes(n: float) -> str:
     return f"{n / 1024 ** exponent:.3g} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
 
 
+def memory_verdict(history, budget_mb: float) -> tuple[dict, list[str]]:
+    """One memory-based run against its budget, from its per-epoch history (batch_size, oom_retries,
+    peak_mem_mb, samples_per_s, test_acc): the batch it settled at (the last epoch's), the mean samples/s
+    after epoch 1, the peak as a share of ``budget_mb`` and the out-of-memory retries summed. Returns (the
+    verdict entry: accuracy, time, cost / energy, caveat; printable lines). Chapter: Conclusions."""
+    settled, retries = history.batch_size.iloc[-1], int(history.oom_retries.sum())
+    peak = history.peak_mem_mb.max()
+    share = 100 * peak / budget_mb
+    entry = {"accuracy": f"n/a (one run of {len(history)} epochs, test accuracy "
+                         f"{history.test_acc.iloc[-1]:.3f})",
+             "time": f"settled at batch {settled:.0f}, {history.samples_per_s.iloc[1:].mean():,.0f} "
+                     "samples/s after epoch 1",
+             "cost / energy": f"peak {peak:.0f} MiB = {share:.0f} % of the budget",
+             "caveat": f"{retries} out-of-memory retries; no fixed-batch baseline was run"}
+    lines = [(f"settled at batch {settled:.0f} after {retries} out-of-memory retries, "
+              f"peak {share:.0f} % of {budget_mb:g} MiB")]
+    return entry, lines
+
+
 __all__ = ["max_batch_that_fits", "memory_capacity", "METHODS", "probe_step", "StepMemory", "MemoryWatch",
            "MemoryProbe", "Trial", "MemoryCapExceeded", "NothingFits", "OUT_OF_MEMORY", "preserved", "free_memory",
-           "format_bytes"]
+           "format_bytes", "memory_verdict"]

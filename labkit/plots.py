@@ -43,3 +43,20 @@ def plot_runs(histories: pd.DataFrame, y: str = "test_acc", x: str = "wall_time_
         ax.fill_between(xs, by_epoch[y].min(), by_epoch[y].max(), color=f"C{i % 10}", alpha=0.15)
     ax.set(xlabel=x.replace("_", " "), ylabel=y.replace("_", " "))
     return ax
+
+
+PLAIN_TICKS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+
+
+def plain_log(axis, ticks=PLAIN_TICKS) -> list[float]:
+    """Label a log axis 1, 2, 5, 10, ... instead of powers of ten: the ``ticks`` inside the axis' view
+    interval become the major ticks, printed with ``:g``, and the minor labels are dropped. Returns the
+    ticks set. Call it after the data are plotted (the view interval must be final)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    low, high = sorted(axis.get_view_interval())
+    chosen = [t for t in ticks if low <= t <= high]
+    axis.set_ticks(chosen)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+    return chosen

@@ -128,3 +128,42 @@ def test_errors_name_the_bad_value():
         BucketBatcher(sequences, labels[:3], 4)
     with pytest.raises(ValueError, match=r"sequences \[1\] are empty"):
         RandomBatcher([torch.tensor([3]), torch.tensor([], dtype=torch.long)], torch.tensor([0, 1]))
+
+
+def sequence_bench():
+    """Two batchers × two seeds, the columns bench.sequence writes."""
+    import pandas as pd
+
+    rows = [("global", 0, 0.6, 1000.0, 0.90, 0.8), ("global", 1, 0.6, 1200.0, 0.92, 0.8),
+            ("tokens", 0, 0.02, 2000.0, 0.95, 0.9), ("tokens", 1, 0.04, 2200.0, 0.97, 0.9)]
+    return pd.DataFrame([dict(batcher=b, seed=s, padding_fraction=p, steps_per_epoch=10, mean_batch=32.0,
+                              tokens_per_s=t, wall_s=t / 100, test_accuracy=a, spam_f1=f)
+                         for b, s, p, t, a, f in rows])
+
+
+def test_sequence_table_by_hand():
+    from labkit.buckets import sequence_table
+
+    table = sequence_table(sequence_bench())
+    assert list(table.index) == ["global", "tokens"]
+    assert list(table.columns) == ["seeds", "padding", "steps/epoch", "mean B", "tokens/s", "tokens/s ±",
+                                   "wall s", "wall ±", "acc", "acc ±", "spam F1", "F1 ±"]
+    # tokens: padding (0.02 + 0.04) / 2; tokens/s 2000 and 2200 → 2100 ± √(2·100²) = 141.42; acc 0.96 ± 0.01414
+    assert table.loc["tokens"].tolist() == pytest.approx([2, 0.03, 10, 32.0, 2100.0, 141.421356, 21.0, 1.41421356,
+                                                          0.96, 0.0141421356, 0.9, 0.0])
+
+
+def test_sequence_verdict_by_hand():
+    from labkit.buckets import sequence_table, sequence_verdict
+
+    entry, lines = sequence_verdict(sequence_table(sequence_bench()), reference="global")
+    # padding 0.6 / 0.03 = 20×; tokens/s gap 1000 = 7.07 × 141.42; accuracy gap 0.05 > 0.0141; F1 gap 0.1 > 0
+    assert lines == ["least padding: tokens, 0.030 of the token slots,\n  against 0.600 for global padding (20× less)",
+                     "most real tokens/s: tokens, 2,100 ± 141; tied within noise: none",
+                     "  against global padding: 1.91×, a gap of 7.1× the larger seed std",
+                     "most accurate: tokens, 0.9600 ± 0.0141; tied within noise: none",
+                     "best spam F1: tokens, 0.900 ± 0.000; tied within noise: none"]
+    assert entry == {"accuracy": "tokens (ahead by more than the seed std)",
+                     "time": "tokens/s: tokens (ahead by more than the seed std)",
+                     "cost / energy": "energy not measured; least padding (wasted slots): tokens",
+                     "caveat": "padding 20× apart, speed gap 7.1× the seed std"}

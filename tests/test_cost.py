@@ -287,3 +287,44 @@ def test_energy_meter_with_nvml_failing_or_missing_does_not_raise(fake_nvml, mon
     assert not meter.available and meter.reason.startswith("pynvml not installed")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert EnergyMeter("cuda").reason == "CUDA not available"
+
+
+# -- cost_by_run / energy_verdict (the Conclusions chapter's cost section) -------------------------------
+
+def test_cost_by_run_by_hand():
+    from labkit.cost import cost_by_run
+
+    runs = {("fixed-b_init=128", 0): (10.0, 100.0), ("fixed-b_init=128", 1): (12.0, 100.0),
+            ("fixed-b_init=1024", 0): (5.0, 200.0), ("fixed-b_init=1024", 1): (5.0, 200.0)}
+    histories = pd.concat([history(s, watts=w).assign(run=run, seed=seed) for (run, seed), (s, w) in runs.items()])
+    whole = cost_by_run(histories)
+    assert list(whole.index) == ["fixed 1024", "fixed 128"]          # short labels, sorted
+    assert list(whole.columns) == ["time s", "time ±", "energy J", "energy ±", "mean W", "cloud ¢"]
+    # fixed 128: 4 epochs of 10 s and of 12 s → 40 and 48 s, mean 44, std √32; 100 W → 4400 ± 100·√32 J;
+    # cloud: 44 s = 0.01222 h at $3.00 → 3.667 ¢
+    assert whole.loc["fixed 128"].tolist() == pytest.approx([44.0, math.sqrt(32), 4400.0, 100 * math.sqrt(32),
+                                                             100.0, 11 / 3])
+    assert whole.loc["fixed 1024"].tolist() == pytest.approx([20.0, 0.0, 4000.0, 0.0, 200.0, 5 / 3])
+    # to 0.9: the third epoch (accs 0.5, 0.8, 0.9, 0.92) → 30 and 36 s for fixed 128, both seeds reached
+    to_target = cost_by_run(histories, target_acc=0.9)
+    assert list(to_target.columns)[:2] == ["reached", "time s"]
+    assert to_target.loc["fixed 128", ["reached", "time s", "energy J"]].tolist() == pytest.approx([2, 33.0, 3300.0])
+    assert cost_by_run(histories, target_acc=0.95).reached.tolist() == [0, 0]
+
+
+def test_energy_verdict_by_hand():
+    from labkit.cost import energy_verdict
+
+    table = pd.DataFrame({"energy J": [100.0, 300.0, 150.0], "energy ±": [10.0, 10.0, 60.0]},
+                         index=["fixed 1024", "fixed 128", "loss 64"])
+    whole = table.assign(**{"energy J": [500.0, 200.0, 450.0]})
+    entry, lines = energy_verdict(table, whole, 0.9, span="4 epochs")
+    # to 0.9: fixed 1024 leads; loss 64 is 50 J behind, under the larger std 60 → tied; fixed 128 200 J behind
+    # the whole run: fixed 128 leads by 250 J > 10; loss 64 is 250 J behind it as well
+    assert lines == ["least energy to 0.9: fixed 1024 (tied within noise: loss 64)",
+                     "least energy over 4 epochs: fixed 128 (ahead by more than the seed std)",
+                     ("adaptive runs over 4 epochs: 450 to 450 J,\n  against 200 J for fixed 128 and 500 J for "
+                      "fixed 1024")]
+    assert entry["cost / energy"] == ("to 0.9: fixed 1024 (tied within noise: loss 64); whole run: fixed 128 "
+                                      "(3 strategies)")
+    assert set(entry) == {"accuracy", "time", "cost / energy", "caveat"}

@@ -185,3 +185,34 @@ def test_against():
 ])
 def test_portable_command(command, portable):
     assert portable_command(command) == portable
+
+
+def test_decision_trail_by_hand():
+    from labkit.experiments import decision_trail
+
+    log = [(1, 64, 64, "hold"), (2, 64, 64, "hold"), (3, 64, 64, "hold"), (4, 64, 128, "grow"),
+           (5, 128, 128, "hold"), (6, 128, 128, "hold"), (7, 128, 64, "oom"), (8, 64, 64, "hold")]
+    trail = decision_trail(pd.DataFrame(log, columns=["step", "old", "new", "reason"]))
+    # runs of equal (old, new, reason): 1–3, 4, 5–6, 7, 8 (a 'hold' after a change starts a new block)
+    assert trail.to_dict("records") == [dict(steps="1–3", old=64, new=64, reason="hold"),
+                                        dict(steps="4", old=64, new=128, reason="grow"),
+                                        dict(steps="5–6", old=128, new=128, reason="hold"),
+                                        dict(steps="7", old=128, new=64, reason="oom"),
+                                        dict(steps="8", old=64, new=64, reason="hold")]
+
+
+def test_paired_gaps_by_hand():
+    from labkit.comparison import paired_gaps
+
+    rows = {("plain", "fixed 128"): (0.80, 0.01, 10.0, 1000), ("curriculum", "fixed 128"): (0.78, 0.01, 5.0, 600),
+            ("plain", "ramp"): (0.80, 0.02, 8.0, 1000), ("curriculum", "ramp"): (0.79, 0.01, 8.0, 1000)}
+    table = pd.DataFrame(rows.values(), index=pd.MultiIndex.from_tuples(rows, names=["data", "run"]),
+                         columns=["acc", "acc ±", "time s", "samples"])
+    entry, lines = paired_gaps(table, "plain", "curriculum")
+    # fixed 128: gap 0.02 = 2 × 0.01, 10 / 5 = 2× faster, 1 − 600/1000 = 40 % fewer; ramp: 0.01 < 0.02 → noise
+    assert lines == [("fixed 128: plain − curriculum accuracy +0.0200 (2.0× the seed std);\n  curriculum 2.00× "
+                      "faster, 40% fewer examples seen"),
+                     ("ramp: plain − curriculum accuracy +0.0100 (within noise);\n  curriculum 1.00× faster, "
+                      "0% fewer examples seen")]
+    assert entry["accuracy"] == "plain data: fixed 128 +0.020 (2.0× std); ramp +0.010 (within noise)"
+    assert entry["time"] == "curriculum: fixed 128 2.00× faster; ramp 1.00× faster"

@@ -202,3 +202,22 @@ def test_on_cuda_peaks_are_measured_and_a_cap_binds(digits):
     assert 128 <= capped.memory_max < 512 and capped.batch_size <= capped.memory_max
     refused = capped.evidence[~capped.evidence.fits]
     assert len(refused) and capped.settings["memory_cap_bytes"] == cap
+
+
+def test_read_recommendation_by_hand(tmp_path):
+    from labkit.finder import read_recommendation
+
+    rec = {"provenance": {"device_name": "GPU X", "torch": "2.5", "commit": "abc123", "date": "2026-01-01"},
+           "settings": {"dataset": "mnist", "model": "mlp"}, "batch_size": 256, "lr": 0.01,
+           "binding": "noise", "b_simple": 300.4, "b_simple_band": [200.0, 450.0],
+           "evidence": [{"batch": 64, "samples_per_s": None, "relative_time": None},
+                        {"batch": 256, "samples_per_s": 5000.0, "relative_time": 1.25},
+                        {"batch": 512, "samples_per_s": 8000.0, "relative_time": 1.0},
+                        {"batch": 1024, "samples_per_s": 9000.0, "relative_time": 1.1}]}
+    path = tmp_path / "recommendation.json"
+    path.write_text(json.dumps(rec))
+    row = read_recommendation(path)
+    # the untimed 64 drops out; 512 has the smallest relative time; the chosen 256 is read from its own row
+    assert row == {"name": "mnist mlp", "ran": "GPU X, torch 2.5,\n  labkit commit abc123, 2026-01-01",
+                   "batch": 256, "lr": 0.01, "binding": "noise", "B_simple": 300.4, "band low": 200.0,
+                   "samples/s": 5000.0, "rel. time": 1.25, "fastest B": 512}

@@ -239,3 +239,20 @@ def test_a_real_cuda_out_of_memory_is_caught_and_released():
     assert 0 < probe.max_batch <= free / 2**30 and not probe.limited
     assert any("out of memory" in t.error.lower() for t in probe.trials if not t.fits)
     assert torch.cuda.memory_allocated(device) == baseline
+
+
+def test_memory_verdict_by_hand():
+    import pandas as pd
+
+    from labkit.memory import memory_verdict
+
+    history = pd.DataFrame(dict(batch_size=[512, 1024, 1024], oom_retries=[1, 1, 0],
+                                peak_mem_mb=[1000.0, 1500.0, 1600.0], samples_per_s=[100.0, 200.0, 300.0],
+                                test_acc=[0.1, 0.2, 0.3]))
+    entry, lines = memory_verdict(history, budget_mb=2000)
+    # settled at the last epoch's 1024; 1 + 1 retries; peak 1600 / 2000 = 80 %; (200 + 300) / 2 after epoch 1
+    assert lines == ["settled at batch 1024 after 2 out-of-memory retries, peak 80 % of 2000 MiB"]
+    assert entry == {"accuracy": "n/a (one run of 3 epochs, test accuracy 0.300)",
+                     "time": "settled at batch 1024, 250 samples/s after epoch 1",
+                     "cost / energy": "peak 1600 MiB = 80 % of the budget",
+                     "caveat": "2 out-of-memory retries; no fixed-batch baseline was run"}
