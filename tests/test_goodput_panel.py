@@ -9,7 +9,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -18,17 +17,12 @@ from labkit.goodput import best_batch, efficiency, goodput, optimum
 from labkit.strategies import adascale_gain
 from labkit.strategies.goodput import GoodputBased
 from labkit.widgets import GoodputPanel, StepTimeModel, goodput_panel, synthetic_gns, trajectory
+from panel_checks import check_in_chromium, embedded_data, expected_lines, run_in_node
 
 
 @pytest.fixture(scope="module")
 def panel() -> GoodputPanel:
     return goodput_panel(base_batch=32, min_batch=4)
-
-
-def embedded_data(page: str) -> dict:
-    match = re.search(r'<script type="application/json" id="([^"]+)-data">(.*?)</script>', page, re.S)
-    assert match, "the static HTML has no embedded JSON data"
-    return json.loads(match.group(2))
 
 
 POINTS = [dict(b_noise=64, alpha=0.001, beta=1e-4, ceiling=128),      # B* 25: inside the range
@@ -104,81 +98,16 @@ def test_mimebundle_outside_a_kernel_is_static_html(panel):
     assert bundle["text/plain"].startswith("GoodputPanel(base_batch=32, min_batch=4;")
 
 
-# -- the static view's script, run -----------------------------------------------------------------------
-NODE_DOM = r"""
-// just enough DOM for labkitKit.mount: elements with children, attributes, listeners and textContent
-function El(tag) { this.tag = tag; this.children = []; this.attrs = {}; this.listeners = {};
-  this.textContent = ""; this.innerHTML = ""; this.value = ""; this.classList = {toggle: function () {}}; }
-El.prototype.appendChild = function (c) { this.children.push(c); return c; };
-El.prototype.setAttribute = function (k, v) { this.attrs[k] = String(v); };
-El.prototype.getAttribute = function (k) { return this.attrs[k]; };
-El.prototype.addEventListener = function (k, f) { (this.listeners[k] = this.listeners[k] || []).push(f); };
-var parts = {".lk-controls": new El("div"), ".lk-plot": new El("div"), ".lk-readout": new El("div")};
-var root = new El("div"); root.querySelector = function (s) { return parts[s]; };
-var inputs = [];
-global.window = {};
-global.document = {
-  getElementById: function (id) { return /-data$/.test(id) ? {textContent: DATA} : root; },
-  createElement: function (tag) { var e = new El(tag); if (tag === "input") inputs.push(e); return e; },
-};
-"""
-NODE_MOVES = r"""
-var lines = [parts[".lk-readout"].textContent];
-MOVES.forEach(function (m) {
-  inputs[m[0]].value = String(m[1]);
-  inputs[m[0]].listeners.input.forEach(function (f) { f(); });
-  lines.push(parts[".lk-readout"].textContent);
-});
-console.log(JSON.stringify({lines: lines, state: root.attrs["data-state"], svg: parts[".lk-plot"].innerHTML}));
-"""
-
-
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_script_draws_and_writes_the_python_readout(panel, tmp_path):
-    page = panel.to_html()
-    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
     moves = [[0, 7], [3, 2], [1, 0], [2, 4]]                      # b_noise 8192, ceiling 512, α 1 ms, β 100 µs
-    path = tmp_path / "panel.js"
-    path.write_text(f"var DATA = {json.dumps(json.dumps(panel.data()))};\nvar MOVES = {json.dumps(moves)};\n"
-                    + NODE_DOM + script + NODE_MOVES)
-    result = subprocess.run(["node", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
-    index = [panel.options[k].index(panel.initial[k]) for k in panel.options]
-    expected = [panel.readout()]
-    for control, j in moves:
-        index[control] = j
-        expected.append(panel.readout(**{k: panel.options[k][i] for k, i in zip(panel.options, index)}))
-    assert out["lines"] == expected and out["state"] == "ok"
+    out = run_in_node(panel, moves, tmp_path, event="input")
+    assert out["lines"] == expected_lines(panel, moves) and out["state"] == "ok"
     assert out["svg"].count('<path class="lk-goodput"') == 1 and 'class="lk-best"' in out["svg"]
 
 
 def test_in_chromium_the_panel_renders_follows_a_slider_and_requests_nothing_else(panel, tmp_path):
-    book_html = pytest.importorskip("test_book_html")
-    binary = book_html.chromium_binary()
-    if binary is None:
-        book_html.unavailable("chromium is not installed (apt-get install -y chromium)")
-    try:
-        browser = book_html.Browser(binary)      # whatever drives it there (Playwright, a DevTools socket)
-    except ImportError as err:
-        book_html.unavailable(f"{err.name} is needed to drive chromium")
-    (tmp_path / "index.html").write_text(f"<!doctype html><meta charset=utf-8><body>{panel.to_html()}</body>")
-    server, base = book_html.serve(tmp_path)
-    try:
-        requests = browser.open(base + "index.html")
-        assert requests and all(u.startswith((base, "data:", "about:")) for u in requests), requests
-        root = "document.querySelector('.labkit-panel[data-panel=\"goodput\"]')"
-        assert browser.wait_until(f"{root} && {root}.getAttribute('data-state') === 'ok'"), "did not render"
-        readout = f"{root}.querySelector('.lk-readout').textContent"
-        assert browser.js(readout) == panel.readout()
-        browser.js(f"""(() => {{ const el = {root}.querySelector('[data-control="ceiling"]');
-            el.value = '1'; el.dispatchEvent(new Event('input')); }})()""")
-        assert browser.js(readout) == panel.readout(ceiling=256)
-        assert browser.js(f"{root}.querySelectorAll('svg path.lk-goodput').length") == 1
-    finally:
-        browser.close()
-        server.shutdown()
-        server.server_close()
+    check_in_chromium(panel, "goodput", "ceiling", tmp_path, {"ceiling": 256})
 
 
 def test_live_widget_builds_and_follows_its_controls(monkeypatch):
