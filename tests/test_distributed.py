@@ -75,6 +75,9 @@ def _worker(rank, tmp):
         out["not_a_number"] = _error(lambda: agree(loss_strategy(), loss=1.0 if rank == 0 else "low"))
         # the mean entropy 5 nats is out of range for 2 classes: rank 0's error reaches rank 1
         out["rank0_fails"] = _error(lambda: agree(s.build("confidence", num_classes=2), entropy=5.0))
+        # memory: the fullest rank (0.95 > high = 0.9) decides: shrink to 64 · 0.8 / 0.95 ≈ 54; the mean
+        # (0.625, inside [0.6, 0.9]) would hold at 64
+        out["memory"] = agree(s.build("memory", b_init=64, max_batch=4096), memory=0.3 if rank == 0 else 0.95)
         # after the errors the group still works: the ranks called the same collectives
         out["after"] = agree(s.build("gns", b_init=32), gns=64.0 + 64.0 * rank)
         torch.distributed.destroy_process_group()
@@ -89,6 +92,10 @@ def ranks(tmp_path_factory):
     """What each of the two ranks recorded, from one spawned run."""
     tmp = tmp_path_factory.mktemp("ddp")
     return spawn(_worker, (str(tmp),), WORLD, tmp, timeout=60)
+
+
+def test_memory_is_the_largest_share_over_the_ranks(ranks):
+    assert ranks[0]["memory"] == ranks[1]["memory"] == round(64 * 0.8 / 0.95)
 
 
 def test_ranks_agree_on_every_decision(ranks):

@@ -5,7 +5,8 @@ on every rank: ranks silently train at different batch sizes and, through ``LRCo
 learning rates. ``agree`` replaces ``strategy.step(**signals)`` and makes the decision once, for all:
 
 * **Reduced.** The signals the strategy reads (its ``uses``: ``loss``, ``entropy``, ``gns``, ``memory``,
-  ``epoch``) are averaged over the ranks: mean loss, mean entropy, the mean of the GNS estimates given.
+  ``epoch``) are averaged over the ranks: mean loss, mean entropy, the mean of the GNS estimates given;
+  except ``memory``, which is the largest share over the ranks (a batch must fit on the fullest one).
   A signal that is None or absent stays absent; one present on some ranks and absent on others is an
   error on every rank (a presence count is reduced with the values). Signals the strategy does not read
   go to ``step`` from rank 0 untouched.
@@ -230,8 +231,12 @@ def _builtin_type(error: Exception) -> type:
     return RuntimeError
 
 
+PEAKED = ("memory",)    # signals reduced to their largest value over the ranks, not their mean
+
+
 def _mean_over_ranks(names: tuple[str, ...], signals: dict[str, Any], group):
-    """All-reduce [present, value] per name; return the means of the signals present on every rank.
+    """All-reduce [present, value] per name; return the means of the signals present on every rank (the
+    maximum for the ``PEAKED`` ones).
 
     A value that is not a number becomes NaN here (so every rank still joins the collectives) and is
     returned as this rank's error; a signal present on only some ranks raises on every rank."""
@@ -251,12 +256,15 @@ def _mean_over_ranks(names: tuple[str, ...], signals: dict[str, Any], group):
     total = local.to(_device(group), copy=True)         # reduced in place: keep this rank's own
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)   # sync point
     total = total.cpu()
+    peaks = local[1::2].to(_device(group), copy=True)
+    dist.all_reduce(peaks, op=dist.ReduceOp.MAX, group=group)   # sync point
+    peaks = peaks.cpu()
     world = dist.get_world_size(group)
     means, partial = {}, []
     for i, name in enumerate(names):
         count = round(total[2 * i].item())
         if count == world:
-            means[name] = total[2 * i + 1].item() / world
+            means[name] = peaks[i].item() if name in PEAKED else total[2 * i + 1].item() / world
         elif count:
             here = "passes it" if local[2 * i] else "does not"
             partial.append(f"{name!r} on {count} of {world} ranks (rank {dist.get_rank()} {here})")
