@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from typing import Any, Callable, ClassVar, Mapping
+
+from labkit.widgets.static import render_fragment
 
 
 class Panel(ABC):
@@ -51,6 +53,22 @@ class GridPanel(Panel):
 
     options: dict[str, tuple]
     initial: dict[str, Any]
+    kind: ClassVar[str]          # the static view's script name
+    tag: ClassVar[str | None] = None    # its data-panel attribute (default: kind)
+
+    @abstractmethod
+    def data(self) -> dict[str, Any]:
+        """Everything the static view needs, as JSON-ready data."""
+
+    @abstractmethod
+    def _view(self) -> tuple[str, str]:
+        """The static view's JavaScript and CSS."""
+
+    def to_html(self) -> str:
+        """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
+        script, style = self._view()
+        return render_fragment(self.data(), script, self.kind, attrs={"data-panel": self.tag or self.kind},
+                               css=style)
 
     def _value(self, name: str, value: Any) -> Any:
         """A control's value as the grid holds it (a subclass may convert, e.g. a list to a tuple)."""
@@ -93,6 +111,33 @@ class GridPanel(Panel):
     def _controls(self) -> str:
         """'name[n] × ...', the grid's shape for ``__repr__``."""
         return " × ".join(f"{k}[{len(v)}]" for k, v in self.options.items())
+
+
+def live_view(panel: Panel, inputs: Mapping[str, Any], draw: Callable[[dict[str, Any]], tuple[Any, str]]):
+    """The live ipywidgets view of a grid panel: its title, the control widgets ``inputs`` ({control:
+    widget}), and ``draw(chosen) -> (matplotlib figure, readout line)`` shown in an ``Output`` and a line
+    below it, redrawn whenever a control moves."""
+    import html
+
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    out, line = W.Output(), W.HTML()
+
+    def redraw(change=None):
+        fig, text = draw({k: w.value for k, w in inputs.items()})
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+            plt.close(fig)
+        line.value = html.escape(text)
+
+    for w in inputs.values():
+        w.observe(redraw, names="value")
+    redraw()
+    controls = W.HBox(list(inputs.values()), layout=W.Layout(flex_flow="row wrap"))
+    return W.VBox([W.HTML(f"<b>{html.escape(panel.title)}</b>"), controls, out, line])
 
 
 def _kernel_running() -> bool:

@@ -10,7 +10,6 @@ is fetched). Chapter: Curriculum and progressive batching.
 """
 from __future__ import annotations
 
-import html
 import itertools
 from typing import Any, Mapping, Sequence
 
@@ -18,9 +17,8 @@ import torch
 
 from labkit.checks import check_choice, check_float, check_int
 from labkit.curriculum import SHAPES, Curriculum
-from labkit.widgets.base import GridPanel
+from labkit.widgets.base import GridPanel, live_view
 from labkit.widgets.noise import _options
-from labkit.widgets.static import render_fragment
 
 C0S = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 TS = (1, 2, 4, 8, 12, 16)
@@ -31,6 +29,8 @@ class CurriculumPanel(GridPanel):
     """A grid of (c0, T, shape) and the pool size of every epoch; build it with ``curriculum_panel``.
     ``panel.pools(c0=0.5)`` is the live path (a fresh ``Curriculum``); ``panel.series(c0=0.5)`` reads the
     precomputed sizes the static view draws."""
+
+    kind = "curriculum"
 
     def __init__(self, n: int = 50_000, epochs: int = 15, *, c0: Sequence[float] = C0S,
                  T: Sequence[int] = TS, shape: Sequence[str] = SHAPES,
@@ -80,10 +80,8 @@ class CurriculumPanel(GridPanel):
         return self._data
 
     # -- views -----------------------------------------------------------------------------------------------
-    def to_html(self) -> str:
-        """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
-        return render_fragment(self.data(), CURRICULUM_JS, "curriculum", attrs={"data-panel": "curriculum"},
-                               css=CURRICULUM_CSS)
+    def _view(self) -> tuple[str, str]:
+        return CURRICULUM_JS, CURRICULUM_CSS
 
     def _build_widget(self):
         return _curriculum_widget(self)
@@ -124,30 +122,13 @@ def readout(chosen: Mapping[str, Any], pools: Sequence[int], n: int) -> str:
 def _curriculum_widget(panel: CurriculumPanel):
     """An ``ipywidgets.VBox``: title, the controls, the plot (in an ``Output``) and the readout."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     style = {"description_width": "initial"}
     inputs = {name: (W.Dropdown if name == "shape" else W.SelectionSlider)(
         options=list(values), value=panel.initial[name], description=LABELS[name], style=style,
         **({} if name == "shape" else {"continuous_update": False}))
         for name, values in panel.options.items()}
-    out, line = W.Output(), W.HTML()
-
-    def redraw(change=None):
-        chosen = {k: w.value for k, w in inputs.items()}
-        with out:
-            out.clear_output(wait=True)
-            fig = plot_pools(panel.pools(**chosen), panel.n)
-            display(fig)
-            plt.close(fig)
-        line.value = html.escape(panel.readout(**chosen))
-
-    for w in inputs.values():
-        w.observe(redraw, names="value")
-    redraw()
-    controls = W.HBox(list(inputs.values()), layout=W.Layout(flex_flow="row wrap"))
-    return W.VBox([W.HTML(f"<b>{html.escape(panel.title)}</b>"), controls, out, line])
+    return live_view(panel, inputs, lambda c: (plot_pools(panel.pools(**c), panel.n), panel.readout(**c)))
 
 
 def plot_pools(pools: Sequence[int], n: int, figsize=(7.0, 3.0)):

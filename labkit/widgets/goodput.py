@@ -12,7 +12,6 @@ and draws as inline SVG (nothing is fetched). Chapter: Goodput.
 """
 from __future__ import annotations
 
-import html
 import itertools
 import math
 from typing import Any, Mapping, Sequence
@@ -20,9 +19,8 @@ from typing import Any, Mapping, Sequence
 from labkit.checks import check_float, check_int
 from labkit.goodput import best_batch, efficiency, goodput, optimum
 from labkit.strategies import adascale_gain
-from labkit.widgets.base import GridPanel
+from labkit.widgets.base import GridPanel, live_view
 from labkit.widgets.noise import _fmt, _options
-from labkit.widgets.static import render_fragment
 
 B_NOISE = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 ALPHAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)          # seconds per step, whatever the batch
@@ -39,6 +37,8 @@ class GoodputPanel(GridPanel):
     ``goodput_panel``. ``panel.curves(alpha=0.01)`` and ``panel.point(alpha=0.01)`` are the live path
     (fresh ``labkit.goodput`` calls); ``panel.series(alpha=0.01)`` reads the precomputed point the static
     view draws (the same keys, from the embedded data)."""
+
+    kind = "goodput"
 
     def __init__(self, base_batch: int = 32, min_batch: int = 1, *, b_noise: Sequence[float] = B_NOISE,
                  alpha: Sequence[float] = ALPHAS, beta: Sequence[float] = BETAS,
@@ -139,10 +139,8 @@ class GoodputPanel(GridPanel):
         }
 
     # -- views --------------------------------------------------------------------------------------------
-    def to_html(self) -> str:
-        """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
-        return render_fragment(self.data(), GOODPUT_JS, "goodput", attrs={"data-panel": "goodput"},
-                               css=GOODPUT_CSS)
+    def _view(self) -> tuple[str, str]:
+        return GOODPUT_JS, GOODPUT_CSS
 
     def _build_widget(self):
         return _goodput_widget(self)
@@ -210,30 +208,14 @@ def _star(v: float) -> str:
 def _goodput_widget(panel: GoodputPanel):
     """An ``ipywidgets.VBox``: title, the four sliders, the plot (in an ``Output``) and the readout."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     style = {"description_width": "initial"}
     inputs = {name: W.SelectionSlider(options=[(_shown(name, v), v) for v in values],
                                       value=panel.initial[name], description=LABELS[name],
                                       continuous_update=False, style=style)
               for name, values in panel.options.items()}
-    out, line = W.Output(), W.HTML()
-
-    def redraw(change=None):
-        chosen = {k: w.value for k, w in inputs.items()}
-        with out:
-            out.clear_output(wait=True)
-            fig = plot_goodput(panel.curves(**chosen), panel.point(**chosen), chosen["ceiling"])
-            display(fig)
-            plt.close(fig)
-        line.value = html.escape(panel.readout(**chosen))
-
-    for w in inputs.values():
-        w.observe(redraw, names="value")
-    redraw()
-    controls = W.HBox(list(inputs.values()), layout=W.Layout(flex_flow="row wrap"))
-    return W.VBox([W.HTML(f"<b>{html.escape(panel.title)}</b>"), controls, out, line])
+    return live_view(panel, inputs, lambda c: (plot_goodput(panel.curves(**c), panel.point(**c), c["ceiling"]),
+                                               panel.readout(**c)))
 
 
 def plot_goodput(curves: Mapping[str, Sequence[float]], point: Mapping[str, float], ceiling: int,

@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 from labkit.checks import check_float, check_int
 from labkit.lr_schedules import PAIR_RUNS, step_pair
 from labkit.widgets.base import GridPanel
-from labkit.widgets.static import render_fragment
 
 MILESTONES = ((6, 9), (4, 8), (3, 6, 9), (8,))   # finished epochs after which lr·γ (or batch/γ) applies
 GAMMAS = (0.5, 0.2, 0.1)
@@ -34,6 +33,9 @@ class NoisePanel(GridPanel):
     """A grid of (milestones, γ, lr, batch) and ``step_pair`` at every point; build it with
     ``noise_panel``. ``panel.pair(gamma=0.2)`` is the live path (a fresh ``step_pair`` table);
     ``panel.series(gamma=0.2)`` reads the precomputed point the static view draws."""
+
+    kind = "noise"
+    tag = "noise-scale"
 
     def __init__(self, epochs: int = 12, n: int = 60_000, momentum: float = 0.9, *,
                  milestones: Sequence[Sequence[int]] = MILESTONES, gamma: Sequence[float] = GAMMAS,
@@ -97,10 +99,8 @@ class NoisePanel(GridPanel):
             "points": [{"error": p} if isinstance(p, str) else p for p in self.points],
         }
 
-    def to_html(self) -> str:
-        """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
-        return render_fragment(self.data(), NOISE_JS, "noise", attrs={"data-panel": "noise-scale"},
-                               css=NOISE_CSS)
+    def _view(self) -> tuple[str, str]:
+        return NOISE_JS, NOISE_CSS
 
     def _build_widget(self):
         return _noise_widget(self)

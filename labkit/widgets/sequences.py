@@ -14,7 +14,6 @@ Chapter: Sequence length: padding, buckets and token budgets.
 """
 from __future__ import annotations
 
-import html
 import itertools
 import math
 from typing import Any, Mapping, Sequence
@@ -24,9 +23,8 @@ import torch
 from labkit.buckets import BucketBatcher, RandomBatcher, TokenBatcher
 from labkit.checks import check_int
 from labkit.text import check_sequences
-from labkit.widgets.base import GridPanel
+from labkit.widgets.base import GridPanel, live_view
 from labkit.widgets.noise import _options
-from labkit.widgets.static import render_fragment
 
 BATCHES = (8, 16, 32, 64, 128, 256)                 # sequences per batch (random and bucket batchers)
 BUDGETS = (256, 512, 1024, 1280, 2048, 4096)        # token slots B·L per batch (token batcher)
@@ -42,6 +40,8 @@ class SequencesPanel(GridPanel):
     """A grid of (B, T, pool) and one epoch of each batcher at every point; build it with
     ``sequences_panel``. ``panel.point(batch=64)`` is the live path (fresh batchers, one epoch each);
     ``panel.series(batch=64)`` reads the precomputed numbers the static view draws."""
+
+    kind = "sequences"
 
     def __init__(self, sequences, labels=None, *, batch: Sequence[int] = BATCHES,
                  max_tokens: Sequence[int] = BUDGETS, pool: Sequence[int] = POOLS, seed: int = 0,
@@ -121,10 +121,8 @@ class SequencesPanel(GridPanel):
         return self._data
 
     # -- views -----------------------------------------------------------------------------------------------
-    def to_html(self) -> str:
-        """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
-        return render_fragment(self.data(), SEQUENCES_JS, "sequences", attrs={"data-panel": "sequences"},
-                               css=SEQUENCES_CSS)
+    def _view(self) -> tuple[str, str]:
+        return SEQUENCES_JS, SEQUENCES_CSS
 
     def _build_widget(self):
         return _sequences_widget(self)
@@ -167,30 +165,17 @@ def readout(chosen: Mapping[str, int], point: Mapping[str, Mapping[str, float]])
 def _sequences_widget(panel: SequencesPanel):
     """An ``ipywidgets.VBox``: title, the three sliders, the bars (in an ``Output``) and the readout."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     style = {"description_width": "initial"}
     inputs = {name: W.SelectionSlider(options=list(values), value=panel.initial[name],
                                       description=LABELS[name], continuous_update=False, style=style)
               for name, values in panel.options.items()}
-    out, line = W.Output(), W.HTML()
 
-    def redraw(change=None):
-        chosen = {k: w.value for k, w in inputs.items()}
+    def draw(chosen):
         point = panel.point(**chosen)
-        with out:
-            out.clear_output(wait=True)
-            fig = plot_sequences(point)
-            display(fig)
-            plt.close(fig)
-        line.value = html.escape(readout(chosen, point))
+        return plot_sequences(point), readout(chosen, point)
 
-    for w in inputs.values():
-        w.observe(redraw, names="value")
-    redraw()
-    controls = W.HBox(list(inputs.values()), layout=W.Layout(flex_flow="row wrap"))
-    return W.VBox([W.HTML(f"<b>{html.escape(panel.title)}</b>"), controls, out, line])
+    return live_view(panel, inputs, draw)
 
 
 def plot_sequences(point: Mapping[str, Mapping[str, float]], figsize=(8.0, 2.8)):

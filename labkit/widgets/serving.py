@@ -12,7 +12,6 @@ looks the numbers up (nothing is fetched). Chapter: Time-window batching for inf
 """
 from __future__ import annotations
 
-import html
 import itertools
 import math
 from typing import Any, Mapping, Sequence
@@ -22,9 +21,8 @@ import numpy as np
 from labkit.checks import check_float, check_int
 from labkit.serving import poisson_arrivals
 from labkit.serving.replay import formula_batch, replay
-from labkit.widgets.base import GridPanel
+from labkit.widgets.base import GridPanel, live_view
 from labkit.widgets.noise import _fmt, _options
-from labkit.widgets.static import render_fragment
 
 RATES = (1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000)   # requests per second
 WINDOWS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)                     # ms
@@ -37,6 +35,8 @@ class ServingPanel(GridPanel):
     """A grid of (λ, w, B_max) and the replay at every point; build it with ``serving_panel``.
     ``panel.point(rate=4000)`` is the live path (a fresh replay); ``panel.series(rate=4000)`` reads the
     precomputed numbers the static view draws."""
+
+    kind = "serving"
 
     def __init__(self, service_ms: float = 0.5, requests: int = 4000, *, rate: Sequence[float] = RATES,
                  window: Sequence[float] = WINDOWS, max_batch: Sequence[int] = MAX_BATCHES, seed: int = 0,
@@ -94,10 +94,8 @@ class ServingPanel(GridPanel):
         return self._data
 
     # -- views -----------------------------------------------------------------------------------------------
-    def to_html(self) -> str:
-        """The kernel-free interactive version: HTML + inline JavaScript + embedded JSON, no external URL."""
-        return render_fragment(self.data(), SERVING_JS, "serving", attrs={"data-panel": "serving"},
-                               css=SERVING_CSS)
+    def _view(self) -> tuple[str, str]:
+        return SERVING_JS, SERVING_CSS
 
     def _build_widget(self):
         return _serving_widget(self)
@@ -140,30 +138,18 @@ def readout(chosen: Mapping[str, float], point: Mapping[str, float], service_ms:
 def _serving_widget(panel: ServingPanel):
     """An ``ipywidgets.VBox``: title, the three sliders, the plot (in an ``Output``) and the readout."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     style = {"description_width": "initial"}
     inputs = {name: W.SelectionSlider(options=[(f"{v:g}", v) for v in values], value=panel.initial[name],
                                       description=LABELS[name], continuous_update=False, style=style)
               for name, values in panel.options.items()}
-    out, line = W.Output(), W.HTML()
 
-    def redraw(change=None):
-        chosen = {k: w.value for k, w in inputs.items()}
+    def draw(chosen):
         over = [panel.point(**{**chosen, "window": w}) for w in panel.options["window"]]
-        with out:
-            out.clear_output(wait=True)
-            fig = plot_serving(panel.options["window"], over, chosen["window"], panel.service_ms)
-            display(fig)
-            plt.close(fig)
-        line.value = html.escape(panel.readout(**chosen))
+        return (plot_serving(panel.options["window"], over, chosen["window"], panel.service_ms),
+                panel.readout(**chosen))
 
-    for w in inputs.values():
-        w.observe(redraw, names="value")
-    redraw()
-    controls = W.HBox(list(inputs.values()), layout=W.Layout(flex_flow="row wrap"))
-    return W.VBox([W.HTML(f"<b>{html.escape(panel.title)}</b>"), controls, out, line])
+    return live_view(panel, inputs, draw)
 
 
 def plot_serving(windows, points, window, service_ms, figsize=(8.0, 3.2)):
