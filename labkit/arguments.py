@@ -179,7 +179,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from dataclasses import fields
 
     from labkit.lr_schedules import LR_SCHEDULES
-    from labkit.strategies import LR_RULES
+    from labkit.strategies import LR_RULES_WITH_ADASCALE
     from labkit.train import DECIDE, OPTIMIZERS, TrainConfig
 
     d = {f.name: f.default for f in fields(TrainConfig)}
@@ -187,7 +187,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=d["model"], help="mlp | cnn | resnet | conv1d")
     parser.add_argument("--epochs", type=int, default=d["epochs"])
     parser.add_argument("--lr", type=float, default=d["lr"], help="learning rate at the base batch size")
-    parser.add_argument("--lr-rule", default=d["lr_rule"], choices=LR_RULES, help="how lr follows the batch size")
+    parser.add_argument("--lr-rule", default=d["lr_rule"], choices=LR_RULES_WITH_ADASCALE,
+                        help="how lr follows the batch B (lr tuned at B0): ×B/B0 (linear), ×√(B/B0) (sqrt), ×1 "
+                             "(none), or AdaScale's gain (N+B0)·B/((N+B)·B0), N the gradient noise scale, tracked "
+                             "for it (adascale)")
     parser.add_argument("--lr-schedule", default=d["lr_schedule"], choices=LR_SCHEDULES,
                         help="peak lr × schedule(share of training samples seen): warm-up then linear decay to "
                              "zero (default), cosine, step (×0.1 at 50%% and 75%%), onecycle, or constant")
@@ -203,7 +206,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZERS)
     parser.add_argument("--decide-every", default=d["decide_every"], choices=DECIDE)
     parser.add_argument("--gns-every", type=int, default=d["gns_every"],
-                        help="measure the gradient noise scale every N steps (0: off)")
+                        help="measure the gradient noise scale every N steps (0: off, unless the gns strategy or "
+                             "--lr-rule adascale needs it: GNSTracker's default interval)")
     parser.add_argument("--memory-budget-mb", type=float, help="memory the memory signal is measured against "
                         "(CUDA: default the device's memory, a smaller budget is enforced; CPU: estimated)")
     parser.add_argument("--curriculum", help="easiest data first, by per-example loss: 'self' (the model being "

@@ -9,7 +9,9 @@ loss, mean softmax entropy, gradient noise scale when tracked, epoch) and append
 
 The learning rate of a step of batch B is ``lr · f(p) · coupling(B)``: the peak ``lr``, the schedule's factor
 f (``labkit.lr_schedules``; default warm-up for one epoch then linear decay to zero) at p, the share of the
-training samples seen by the middle of the batch, and the batch-size coupling (``lr_rule``) on top. Image
+training samples seen by the middle of the batch, and the batch-size coupling (``lr_rule``) on top: with B₀
+the batch ``lr`` was tuned for, B/B₀ (linear), √(B/B₀) (sqrt), 1 (none), or AdaScale's gain
+(B_noise + B₀)·B / ((B_noise + B)·B₀) (adascale; B_noise the gradient noise scale, tracked for it). Image
 training batches can be augmented on the device (``augment``: random 4 px crop and flip; on by default for
 cifar10) and the loss smoothed (``label_smoothing``). A run that learns nothing, its train loss within 2% of
 ln C for two epochs or its accuracy at chance after them, stops with ``DeadRun`` (its history kept), as a
@@ -74,7 +76,7 @@ class TrainConfig:
     strategy_params: dict = field(default_factory=dict)   # passed to labkit.strategies.build
     epochs: int = 5
     lr: float = 0.05                  # tuned for base_batch
-    lr_rule: str = "sqrt"             # linear | sqrt | none: how lr follows the batch size
+    lr_rule: str = "sqrt"             # linear | sqrt | none | adascale (tracks the GNS): how lr follows the batch
     lr_schedule: str = "linear"       # constant | cosine | linear | step | onecycle over the share of training done
     lr_warmup: float | None = None    # epochs of linear warm-up (None: 1, at most a fifth of the run; constant: 0)
     base_batch: int | None = None     # batch size lr was tuned for (default: the strategy's b_init)
@@ -84,7 +86,7 @@ class TrainConfig:
     augment: bool | None = None       # random crop (4 px) and flip on the device; None: on for cifar10
     validation: float = 0.0           # share of the training set held out and evaluated instead of the test split
     decide_every: str = "epoch"       # epoch | step: when the strategy takes a decision
-    gns_every: int = 0                # GNS reading every N steps (0: off; GNSTracker's default for gns)
+    gns_every: int = 0                # GNS reading every N steps (0: off; GNSTracker's default for gns, adascale)
     memory_budget_mb: float | None = None   # memory signal's budget (CUDA: the device's memory; enforced if less)
     curriculum: str | None = None     # easiest data first, scored by: "self" (the model, each epoch) | a run folder
     curriculum_c0: float = 0.25       # share of the data in the first epoch's pool
@@ -99,7 +101,7 @@ class TrainConfig:
     def checked(self) -> "TrainConfig":
         check_int("epochs", self.epochs, low=1)
         check_float("lr", self.lr, low=0.0, low_open=True)
-        check_choice("lr_rule", self.lr_rule, strategies.LR_RULES)
+        check_choice("lr_rule", self.lr_rule, strategies.LR_RULES_WITH_ADASCALE)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.lr_warmup is not None:
             check_float("lr_warmup", self.lr_warmup, low=0.0, high=self.epochs, high_open=True)
@@ -197,7 +199,7 @@ def _fit(config: TrainConfig, ranks: Ranks, out: Path | None, resume: bool, prog
             # -- train: this rank's piece of each global batch of the strategy's size, from the epoch's pool --
             pool = None if curriculum is None else curriculum(epoch).pool(epoch)
             lr = partial(_lr, config, schedule, base_batch, epoch, n_train if pool is None else len(pool),
-                         ranks.world)
+                         ranks.world, gns)
             decide = partial(_decide_now, strategy, epoch, gns, ranks, _Lap()) if config.decide_every == "step" \
                 else None
             batches = train.batches(lambda: strategy.batch_size, pool=pool, part=(ranks.rank, ranks.world))
@@ -276,14 +278,24 @@ def _train_epoch(step: TrainStep, batches, lr: Callable[[int, int], float], shri
 
 
 def _lr(config: TrainConfig, schedule: LRSchedule, base_batch: int, epoch: int, epoch_size: int, replicas: int,
-        samples: int, batch: int) -> float:
+        gns, samples: int, batch: int) -> float:
     """A step's learning rate, lr · f(p) · coupling(B): the peak, the schedule's factor at p (the share of
     training done by the middle of the batch, ``samples`` of the epoch's ``epoch_size`` done before it)
-    and the batch-size coupling of ``batch``. ``samples`` and ``batch`` count this rank's examples: times
-    ``replicas`` (the DDP world size), the global ones."""
+    and the batch-size coupling of ``batch`` (``_coupling``, with the tracker ``gns``). ``samples`` and
+    ``batch`` count this rank's examples: times ``replicas`` (the DDP world size), the global ones."""
     samples, batch = samples * replicas, batch * replicas
     p = (epoch + (samples + batch / 2) / epoch_size) / config.epochs
-    return config.lr * schedule.factor_at(p) * strategies.scaled_lr(1.0, base_batch, batch, config.lr_rule)
+    return config.lr * schedule.factor_at(p) * _coupling(config.lr_rule, base_batch, batch, gns)
+
+
+def _coupling(rule: str, base_batch: int, batch: int, gns) -> float:
+    """The LR factor of global batch B = ``batch`` for ``lr`` tuned at B₀ = ``base_batch``: B/B₀ (linear),
+    √(B/B₀) (sqrt), 1 (none), or for adascale AdaScale's gain (B_noise + B₀)·B / ((B_noise + B)·B₀), with
+    B_noise the tracker's smoothed ``b_simple`` now, clamped at 0 (gain 1), and 1 before its first reading."""
+    if rule != "adascale":
+        return strategies.scaled_lr(1.0, base_batch, batch, rule)
+    b_noise = gns.b_simple
+    return 1.0 if b_noise is None else strategies.adascale_gain(batch, base_batch, max(b_noise, 0.0))
 
 
 class _Lap:
@@ -409,8 +421,8 @@ def _memory_watch(config: TrainConfig, strategy, model, train: DeviceBatcher) ->
 
 def _gns_tracker(config: TrainConfig, strategy):
     """The tracker: every ``gns_every`` steps, or at ``GNSTracker``'s default interval for a strategy that
-    requires the ``gns`` signal."""
-    if not config.gns_every and "gns" not in strategy.requires:
+    requires the ``gns`` signal or for ``lr_rule="adascale"``, whose gain reads it."""
+    if not config.gns_every and "gns" not in strategy.requires and config.lr_rule != "adascale":
         return None
     from labkit.gns import GNSTracker
     return GNSTracker(every=config.gns_every) if config.gns_every else GNSTracker()

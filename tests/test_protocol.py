@@ -2,6 +2,8 @@
 the tuner and the sweep that uses its choices."""
 import json
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ from labkit.cli import main
 from labkit.data import load
 from labkit.comparison import reach_ratios
 from labkit.experiments import chosen_lrs, log_grid, open_edges, summary, sweep, tune
-from labkit.lr_schedules import lr_factor
+from labkit.lr_schedules import LRSchedule, lr_factor
 from labkit.train import DeadRun, TrainConfig, fit
 
 BASE = TrainConfig(dataset="digits", model="mlp", epochs=3, lr=0.05, quick=False, device="cpu",
@@ -43,6 +45,40 @@ def test_schedule_is_in_samples_and_coupling_multiplies_on_top():
     for epoch, (batch, lr) in enumerate(zip(history.batch_size.astype(int), history.lr)):
         p = last_batch_progress(epoch, batch, 3)
         assert lr == pytest.approx(0.05 * (1 - p) * math.sqrt(batch / 32), rel=1e-9)
+
+
+def adascale_by_hand(b_noise: float, base: int, batch: int) -> float:
+    """AdaScale's gain (B_noise + B₀)·B / ((B_noise + B)·B₀), written out here (not labkit's adascale_gain)."""
+    return (b_noise + base) * batch / ((b_noise + batch) * base)
+
+
+@pytest.mark.parametrize("b_noise, gain", [(96.0, 128 * 128 / (224 * 32)), (0.0, 1.0), (None, 1.0), (-50.0, 1.0)])
+def test_adascale_step_lr_is_the_schedule_times_the_gain(b_noise, gain):
+    config = TrainConfig(epochs=2, lr=0.1, lr_rule="adascale", lr_schedule="linear", lr_warmup=0.0)
+    schedule = LRSchedule("linear", warmup=0.0)
+    tracker = SimpleNamespace(b_simple=b_noise)       # the smoothed B_simple; None before the first reading
+    # epoch 1, 2 DDP ranks: 100 samples done per rank, a batch of 64 per rank is the global batch B = 128
+    lr = train_module._lr(config, schedule, 32, 1, 1000, 2, tracker, 100, 64)
+    p = (1 + (200 + 64) / 1000) / 2
+    assert lr == pytest.approx(0.1 * (1 - p) * gain, rel=1e-12)
+    # the other rules ignore the tracker, and there may be none
+    assert train_module._lr(replace(config, lr_rule="linear"), schedule, 32, 1, 1000, 2, None, 100, 64) == \
+        pytest.approx(0.1 * (1 - p) * 4.0, rel=1e-12)
+
+
+def test_adascale_in_fit_tracks_the_noise_scale_and_lies_between_none_and_linear():
+    config = TrainConfig(**{**BASE.__dict__, "strategy": "linear", "lr_rule": "adascale", "lr_warmup": 0.0,
+                            "strategy_params": {"b_init": 32, "a": 96, "max_batch": 512}})
+    history = fit(config, progress=False)
+    assert list(history.batch_size) == [32, 128, 224]
+    assert history.gns.notna().all() and (history.gns > 0).all()    # "linear" needs no tracker; adascale made one
+    for epoch, (batch, lr, b_noise) in enumerate(zip(history.batch_size.astype(int), history.lr, history.gns)):
+        none = 0.05 * (1 - last_batch_progress(epoch, batch, 3))      # lr_rule="none"; "linear" is none · B/32
+        assert none <= lr <= none * batch / 32 * (1 + 1e-12)
+        if batch > 32:
+            assert none * 1.01 < lr < none * batch / 32 * 0.99        # strictly inside: neither none nor linear
+        # 61 steps, so one reading (step 0, GNSTracker's every=100): the epoch's last step saw the row's B_simple
+        assert lr == pytest.approx(none * adascale_by_hand(b_noise, 32, batch), rel=1e-9)
 
 
 def test_default_warmup_is_one_epoch_capped_at_a_fifth():

@@ -5,6 +5,7 @@ import math
 import pandas as pd
 import pytest
 
+from labkit.arguments import build_parser, run_config
 from labkit.cli import main
 from labkit.data import load
 from labkit import train as train_module
@@ -93,7 +94,8 @@ def test_decisions_every_step():
 
 
 def test_bad_config_is_refused():
-    with pytest.raises(ValueError, match="lr_rule='cube' is not allowed"):
+    with pytest.raises(ValueError, match="lr_rule='cube' is not allowed: expected one of 'linear', 'sqrt', "
+                                         "'none', 'adascale'$"):
         fit(TrainConfig(**{**BASE.__dict__, "lr_rule": "cube"}), progress=False)
     with pytest.raises(ValueError, match="min_batch=4096 is larger than the training set of digits"):
         fit(TrainConfig(**{**BASE.__dict__, "strategy_params": {"b_init": 4096, "min_batch": 4096,
@@ -130,6 +132,16 @@ def test_cli_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, args, word
     assert caught.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "tune"])
+def test_cli_takes_lr_rule_adascale_for_training_not_for_find_batch(tmp_path, command, capsys):
+    args = build_parser().parse_args([command, "--out", str(tmp_path), "--device", "cpu", "--lr-rule", "adascale",
+                                      *(["--runs", "fixed"] if command != "train" else [])])
+    assert run_config(args).lr_rule == "adascale"
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["find-batch", "--lr-rule", "adascale"])
+    assert caught.value.code == 2 and "invalid choice: 'adascale'" in capsys.readouterr().err
 
 
 def test_cli_help_lists_strategy_flags(capsys):

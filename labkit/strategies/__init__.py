@@ -15,7 +15,7 @@ from labkit.strategies.base import REGISTRY, Adaptive, Decision, Param, Strategy
 from labkit.strategies.schedules import Cyclical, EpochBased, Exponential, Fixed, Linear, Progressive, Schedule
 from labkit.strategies.adaptive import ConfidenceBased, GNSBased, LossBased, MemoryBased
 from labkit.strategies.goodput import GoodputBased
-from labkit.strategies.coupling import LR_RULES, LRCoupling, adascale_gain, scaled_lr
+from labkit.strategies.coupling import LR_RULES, LR_RULES_WITH_ADASCALE, LRCoupling, adascale_gain, scaled_lr
 
 STRATEGIES: dict[str, type[Strategy]] = REGISTRY   # every subclass with a name, in the order defined
 
@@ -45,4 +45,4 @@ def _lookup(name: str) -> type[Strategy]:
 __all__ = ["Strategy", "Schedule", "Adaptive", "Decision", "Param", "REGISTRY", "GoodputBased", "Fixed", "Linear",
            "Exponential", "Cyclical",
            "LossBased", "ConfidenceBased", "GNSBased", "MemoryBased", "Progressive", "EpochBased", "STRATEGIES",
-           "build", "parameters", "scaled_lr", "LR_RULES", "LRCoupling", "adascale_gain"]
+           "build", "parameters", "scaled_lr", "LR_RULES", "LR_RULES_WITH_ADASCALE", "LRCoupling", "adascale_gain"]

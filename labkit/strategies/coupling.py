@@ -3,6 +3,8 @@
   linear: lr = base_lr · B / B_base     (Goyal et al. 2017, "Accurate, Large Minibatch SGD")
   sqrt:   lr = base_lr · √(B / B_base)  (Krizhevsky 2014; Hoffer et al. 2017: keeps the update's noise level)
   none:   lr = base_lr
+  adascale: lr = base_lr · (B_noise + B_base)·B / ((B_noise + B)·B_base)   (Johnson et al. 2020; needs the
+            gradient noise scale B_noise: ``LRCoupling`` with ``b_noise=``, ``labkit.train.fit``'s tracker)
 
 ``LRCoupling`` applies a rule to an optimizer on top of the user's own LR scheduler: at each batch change
 it multiplies every LR by f(B_new)/f(B_old) instead of setting it, so a decay already applied is kept.
@@ -16,6 +18,7 @@ import math
 from labkit.checks import check_choice, check_float, check_int
 
 LR_RULES = ("linear", "sqrt", "none")
+LR_RULES_WITH_ADASCALE = (*LR_RULES, "adascale")   # where a gradient noise scale is at hand (LRCoupling, fit)
 
 
 def scaled_lr(base_lr: float, base_batch: int, batch: int, rule: str = "linear") -> float:
@@ -61,7 +64,7 @@ class LRCoupling:
 
     def __init__(self, optimizer, batch_size: int, rule: str = "sqrt", b_noise: float | None = None):
         self.optimizer = optimizer
-        self.rule = check_choice("rule", rule, (*LR_RULES, "adascale"))
+        self.rule = check_choice("rule", rule, LR_RULES_WITH_ADASCALE)
         self.base_batch = self.batch_size = check_int("batch_size", batch_size, low=1)
         self.b_noise = None if b_noise is None else check_float("b_noise", b_noise, low=0.0)
         if self.rule == "adascale" and self.b_noise is None:
