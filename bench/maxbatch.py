@@ -125,8 +125,13 @@ def lightning(step, args, model, optimizer) -> int:
         trainer = pl.Trainer(accelerator="gpu" if cuda else "cpu", devices=[args.device.index or 0] if cuda else 1,
                              max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, default_root_dir=root)
-        return Tuner(trainer).scale_batch_size(Probe(), mode="binsearch", steps_per_trial=1, init_val=args.start,
-                                               max_val=args.limit)
+        try:
+            return Tuner(trainer).scale_batch_size(Probe(), mode="binsearch", steps_per_trial=1,
+                                                   init_val=args.start, max_val=args.limit)
+        finally:                         # Lightning's teardown moves the module and optimizer state to the CPU
+            model.to(args.device)
+            for state in optimizer.state.values():
+                state.update({k: v.to(args.device) for k, v in state.items() if torch.is_tensor(v)})
 
 
 SEARCHES = dict(zip(METHODS, (affine, bisect, accelerate, lightning)))
