@@ -11,7 +11,8 @@
 # CIFAR-10 also: random crop (4 px) and flip on the GPU, label smoothing 0.1. Tuning trials train on 90% of
 # the training set and are scored on the other 10% (never the test split). Each fixed batch and each
 # adaptive strategy gets the same tuning budget: 5 peak LRs, x2 apart, widened by one LR at a time (up to 2)
-# wherever the best sits at an end of its grid.
+# wherever the best sits at an end of its grid. The goodput strategy runs twice: with the same sqrt coupling
+# as the others, and as issue 17 designs it, with AdaScale's gain (--lr-rule adascale, label goodput-adascale).
 set -euo pipefail
 step=${1:?usage: baselines.sh tune|sweep DATASET}
 dataset=${2:?usage: baselines.sh tune|sweep DATASET}
@@ -25,7 +26,8 @@ case $dataset in
     common=(--dataset cifar10 --model resnet --epochs 16 --label-smoothing 0.1)
     adaptive=(linear:b_init=64,a=64,max_batch=1024 progressive:b_init=64,target=1024,warmup=8
               loss:b_init=64,delta=ema,alpha=0.3,max_batch=1024 gns:b_init=64,max_batch=1024
-              exponential:b_init=64,a=1.2,max_batch=1024 'epoch:b_init=64,milestones=4>128;8>256;12>512') ;;
+              exponential:b_init=64,a=1.2,max_batch=1024 'epoch:b_init=64,milestones=4>128;8>256;12>512'
+              goodput:b_init=64,max_batch=1024) ;;
   mnist|fashion-mnist)
     if [ "$dataset" = mnist ]; then
       out=results/baselines/mnist-mlp; common=(--dataset mnist --model mlp --epochs 10)
@@ -37,21 +39,27 @@ case $dataset in
               'epoch:b_init=64,milestones=3>128;5>256;7>512' loss:b_init=64,delta=diff,max_batch=1024
               loss:b_init=64,delta=ema,alpha=0.3,max_batch=1024
               loss:b_init=64,delta=variance,window=3,tolerance=0.05,max_batch=1024
-              confidence:b_init=64,num_classes=10,max_batch=1024 gns:b_init=64,max_batch=1024) ;;
+              confidence:b_init=64,num_classes=10,max_batch=1024 gns:b_init=64,max_batch=1024
+              goodput:b_init=64,max_batch=1024) ;;
   *) echo "baselines.sh: dataset '$dataset' is not one of cifar10, mnist, fashion-mnist" >&2; exit 2 ;;
 esac
 fixed=(fixed:b_init=64 fixed:b_init=256 fixed:b_init=1024)
+adascale=(--lr-rule adascale --runs goodput-adascale=goodput:b_init=64,max_batch=1024)
 
 case $step in
   tune)   # one grid per starting batch: x2 apart, centred where the linear scaling rule puts it
     labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.0125 0.025 0.05 0.1 0.2 --runs fixed:b_init=64 "${adaptive[@]}"
     labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
+      --lrs 0.0125 0.025 0.05 0.1 0.2 "${adascale[@]}"
+    labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=256
     labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.05 0.1 0.2 0.4 0.8 --runs fixed:b_init=1024 ;;
   sweep)
     labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
-      --stop-after "$STOP_AFTER" --runs "${fixed[@]}" "${adaptive[@]}" ;;
+      --stop-after "$STOP_AFTER" --runs "${fixed[@]}" "${adaptive[@]}"
+    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
+      --stop-after "$STOP_AFTER" "${adascale[@]}" ;;
   *) echo "baselines.sh: step '$step' is not one of tune, sweep" >&2; exit 2 ;;
 esac
