@@ -15,7 +15,7 @@ batch), SGD with momentum 0.9, through ``labkit.memory.probe_step``. One try = o
 * ``labkit-affine``: ``max_batch_that_fits(method="affine")``, told ``memory_capacity(device, budget)``.
 * ``labkit-bisect``: ``method="bisect"`` on every integer (``multiple_of=1``): the true maximum of the round.
 * ``accelerate``: ``accelerate.utils.find_executable_batch_size`` from ``--accelerate-start`` (×0.9 after each
-  OOM); default: 4 × the true maximum rounded up to a power of two (131072 for 26000).
+  OOM); default: 4 × the true maximum rounded up to a power of two (131072 for 26000), at most ``--limit``.
 * ``lightning``: ``BatchSizeFinder(mode="binsearch")`` through ``Tuner.scale_batch_size`` (×2 from
   ``--start``, then bisection; its default ``margin=0.05`` takes 5 % off the result), one step per try, the
   step in a LightningModule with manual optimization.
@@ -164,8 +164,11 @@ def bench(args) -> pd.DataFrame:
                              seconds=time.perf_counter() - start))
             print(f"round {round_}: {method}: {found} after {step.tries} tries, {rows[-1]['seconds']:.2f} s",
                   flush=True)
+            if method == "labkit-bisect" and found >= args.limit:
+                raise SystemExit(f"bench.maxbatch: every size up to --limit {args.limit} fits, so the true maximum "
+                                 f"is unknown: raise --limit")
             if method == "labkit-bisect" and args.accelerate_start is None:
-                args.accelerate_start = 2 ** math.ceil(math.log2(4 * found))
+                args.accelerate_start = min(args.limit, 2 ** math.ceil(math.log2(4 * found)))
     table = pd.DataFrame(rows)
     truth = table[table.method == "labkit-bisect"].set_index("round").found
     table["true_max"] = table["round"].map(truth)
@@ -197,9 +200,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget-mb", type=float, help="a memory budget in MiB that stands in for the device's "
                         "memory (needed on the CPU)")
     parser.add_argument("--start", type=int, default=256, help="the first size the labkit and Lightning searches try")
-    parser.add_argument("--limit", type=int, default=2**17, help="the largest size any search tries")
+    parser.add_argument("--limit", type=int, default=2**21, help="the largest size any search tries")
     parser.add_argument("--accelerate-start", type=int, help="accelerate's starting_batch_size (default: 4 × the "
-                        "true maximum rounded up to a power of two)")
+                        "true maximum rounded up to a power of two, at most --limit)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
                         help=f"searches to run, in this order (default: all; 'labkit-bisect' gives the true "
                              f"maximum): {', '.join(map(repr, METHODS))}")
@@ -221,6 +224,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              ("--repeats", args.repeats, 1)):
         if value < low:
             parser.error(f"{flag} {value}: expected an integer >= {low}")
+    if args.accelerate_start is not None and not 1 <= args.accelerate_start <= args.limit:
+        parser.error(f"--accelerate-start {args.accelerate_start}: expected an integer from 1 to --limit "
+                     f"({args.limit}); the images end there")
     if args.budget_mb is not None and not args.budget_mb > 0:
         parser.error(f"--budget-mb {args.budget_mb:g}: expected a number of MiB > 0")
     args.budget_bytes = None if args.budget_mb is None else args.budget_mb * 2**20

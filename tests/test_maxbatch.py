@@ -35,7 +35,18 @@ def test_cpu_smoke_run_writes_the_table(tmp_path):
     (["--device", "cpu", "--budget-mb", "60", "--methods", "labkit-affine"], "must include 'labkit-bisect'"),
     (["--device", "cpu", "--budget-mb", "60", "--start", "64", "--limit", "32"],
      "--limit 32: expected an integer >= 64"),
+    (["--device", "cpu", "--budget-mb", "60", "--limit", "512", "--accelerate-start", "1024"],
+     "--accelerate-start 1024: expected an integer from 1 to --limit (512)"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, words):
     run = maxbatch(*args)
     assert run.returncode == 2 and words in run.stderr.strip().splitlines()[-1]
+
+
+def test_a_limit_that_fits_whole_is_refused_not_reported_as_the_true_maximum(tmp_path):
+    """With every size up to --limit fitting, bisection "finds" the limit: the bench stops instead of
+    measuring the others against it (accelerate would start past the images and report its start)."""
+    run = maxbatch("--device", "cpu", "--budget-mb", "600", "--start", "8", "--limit", "64", "--repeats", "1",
+                   "--methods", "labkit-bisect", "accelerate", "--out", str(tmp_path / "m.csv"))
+    assert run.returncode != 0 and not (tmp_path / "m.csv").exists()
+    assert "every size up to --limit 64 fits" in run.stderr.strip().splitlines()[-1]
