@@ -27,7 +27,8 @@ case $dataset in
     adaptive=(linear:b_init=64,a=64,max_batch=1024 progressive:b_init=64,target=1024,warmup=8
               loss:b_init=64,delta=ema,alpha=0.3,max_batch=1024 gns:b_init=64,max_batch=1024
               exponential:b_init=64,a=1.2,max_batch=1024 'epoch:b_init=64,milestones=4>128;8>256;12>512'
-              goodput:b_init=64,max_batch=1024) ;;
+              goodput:b_init=64,max_batch=1024 loss:b_init=64,delta=variance,window=3,tolerance=0.05,max_batch=1024
+              confidence:b_init=64,num_classes=10,max_batch=1024) ;;
   mnist|fashion-mnist)
     if [ "$dataset" = mnist ]; then
       out=results/baselines/mnist-mlp; common=(--dataset mnist --model mlp --epochs 10)
