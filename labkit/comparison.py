@@ -96,6 +96,7 @@ SHORT_LABELS = {
     "cyclical": "cyclical {b_init}–{max_batch}",
     "gns": "gns {b_init}→≤{max_batch}",
     "confidence": "confidence {b_init}→≤{max_batch}",
+    "goodput": "goodput {b_init}→≤{max_batch}",
     "epoch": "epoch milestones",
 }
 
@@ -278,6 +279,36 @@ def verdict(histories: pd.DataFrame, target: float, start: str = "fixed-b_init=6
     result["caveat"] = (f"{int((standing == 'above').sum())} of {len(adaptive)} adaptive runs above {base} beyond "
                         f"the noise; {reached_goals}" + (f"; fewer seeds: {', '.join(few)}" if few else ""))
     return result, lines
+
+
+def standoff(histories: pd.DataFrame, focus: tuple[str, ...] = ("gns", "goodput")) -> pd.DataFrame:
+    """Issue 17's comparison of one tuned sweep: the best tuned fixed batch (the fixed run with the highest
+    mean final accuracy), every run of a strategy in ``focus`` (the name before a label's first dash, so
+    'goodput-adascale' counts), and the most accurate other adaptive run. Per row, over live seeds:
+    ``acc``, ``acc ±``, ``time s``, and ``failed``, its dead or diverged seeds; ``vs best fixed``, its standing on final accuracy beyond the seed noise
+    (``separations``); ``reached``, 'k/n' seeds that reach the best fixed batch's mean final accuracy; and
+    ``ratio``, the time to that accuracy over the best fixed batch's time (``reach_ratios``, P4b; nan unless
+    every seed reached it). Index: short labels, in that order."""
+    table = comparison_table(histories)
+    fixed = table[table.index.str.startswith("fixed")]
+    if fixed.empty:
+        raise ValueError("no run labelled 'fixed…' in these histories: the standoff needs a fixed batch")
+    best = fixed.acc.idxmax()
+    strategy = table.index.str.split("-").str[0]
+    chosen = table.index[strategy.isin(focus)].tolist()
+    others = table.index[~strategy.isin(("fixed", *focus)) & table["acc ±"].notna()]
+    rows = [best, *chosen, *others[:1]]
+    reach = reach_ratios(histories, best).set_index("run")
+    standing = against(separations(histories), best)
+    out = pd.DataFrame({
+        "acc": table.acc, "acc ±": table["acc ±"], "time s": table["time s"], "failed": table.failed,
+        "vs best fixed": standing.reindex(table.index).fillna("-"),
+        "reached": [f"{reach.at[run, 'reached']}/{reach.at[run, 'seeds']}" if run in reach.index else "-"
+                    for run in table.index],
+        "ratio": reach.ratio.reindex(table.index)}).loc[rows]
+    out.index = out.index.map(short_label)
+    out.index.name = f"against {short_label(best)}"
+    return out
 
 
 def tuning_grid(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:

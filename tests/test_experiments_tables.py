@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from labkit.comparison import (against, batch_band, comparison_table, epoch_means, gap_in_std, lab_goals, leaders, reach_verdict, verdict,
-                               separable, separations, short_label, tuning_grid)
+                               separable, separations, short_label, standoff, tuning_grid)
 from labkit.experiments import portable_command
 
 
@@ -21,6 +21,7 @@ from labkit.experiments import portable_command
     ("gns-b_init=64-max_batch=1024", "gns 64→≤1024"),
     ("exponential-b_init=64-a=1.2-max_batch=1024", "exponential 64×1.2→1024"),
     ("epoch-b_init=64", "epoch milestones"),
+    ("goodput-b_init=64-max_batch=1024", "goodput 64→≤1024"),
     ("big", "big"),                                   # a custom label: kept
     ("linear-b_init=64", "linear-b_init=64"),         # a parameter missing: kept
 ])
@@ -120,6 +121,29 @@ def test_lab_goals_pick_the_most_accurate_fixed_run_for_p4b():
     assert best == "best tuned fixed batch: fixed 8, 0.8500 ± 0.0707"
     with pytest.raises(ValueError, match="no run labelled 'fixed"):
         lab_goals(h[h.run != "fixed-b_init=8"])
+
+
+def test_standoff_by_hand():
+    """fixed 8 ends at 0.9 and 0.8 (0.85 ± 0.071, 30 s); goodput reaches 0.85 at 5 s and 10 s and ends at
+    0.88 and 0.87; goodput-adascale ends at 0.70 and 0.72; fixed 32 ends 0.1 under fixed 8."""
+    def run(label, accs_by_seed):
+        return pd.DataFrame([dict(run=label, seed=seed, epoch=e, test_acc=a, wall_time_s=5.0 * e, steps=4 * e,
+                                  samples=32 * e, energy_j=100.0 * e, batch_size=8, reason="rule")
+                             for seed, accs in enumerate(accs_by_seed) for e, a in enumerate(accs, start=1)])
+    h = histories()
+    wide = h[h.run == "fixed-b_init=8"].assign(run="fixed-b_init=32", test_acc=lambda d: d.test_acc - 0.1)
+    table = standoff(pd.concat([h, wide, run("goodput-b_init=8-max_batch=32", [[0.86, 0.87, 0.88], [0.8, 0.86, 0.87]]),
+                                run("goodput-adascale", [[0.5, 0.6, 0.7], [0.5, 0.6, 0.72]])]))
+    assert table.index.name == "against fixed 8"
+    assert list(table.index) == ["fixed 8", "goodput 8→≤32", "goodput-adascale", "linear 8+8→32"]
+    assert list(table["vs best fixed"]) == ["-", "cannot separate", "below", "cannot separate"]
+    assert list(table.reached) == ["1/2", "2/2", "0/2", "1/2"]     # linear's dead seed is out; 0.84 < 0.85
+    assert table.at["goodput 8→≤32", "ratio"] == pytest.approx((5 + 10) / 2 / 30)
+    assert table.ratio.drop("goodput 8→≤32").isna().all()
+    assert list(table.failed) == [0, 0, 0, 1]
+    assert table.at["goodput 8→≤32", "acc"] == pytest.approx(0.875)
+    with pytest.raises(ValueError, match="no run labelled 'fixed"):
+        standoff(h[h.run != "fixed-b_init=8"])
 
 
 def test_verdict_reads_a_comparison_and_a_single_seed_never_leads():
