@@ -1,4 +1,4 @@
-"""The command line's arguments: the parser of ``labkit train | sweep | tune | find-batch | serve-bench``, the
+"""The command line's arguments: the parser of ``labkit train | sweep | tune | find-batch | serve-bench | replay``, the
 strategy flags, and the checks that run before any work (each a ``ValueError`` naming the flag, the bad value
 and what is allowed). ``labkit.cli`` runs the commands.
 """
@@ -170,6 +170,18 @@ def build_parser() -> Parser:
     serve.add_argument("--quick", action="store_true", help="short runs of an mlp, threads (as LABKIT_QUICK=1)")
     serve.add_argument("--out", type=Path, default=Path("runs") / "bench_serving.csv",
                        help="CSV to write (default under runs/: never over a committed result)")
+
+    replay = commands.add_parser("replay", help="show why the batch moved in a finished run, replayed from its log",
+                                 description="Builds the run's strategy afresh from RUN/config.json and feeds it "
+                                             "each epoch's signals from RUN/history.csv (loss, entropy, epoch, "
+                                             "step_time = epoch_time_s / the epoch's steps, gns, memory); prints "
+                                             "each decision beside the logged one and its reason. Exit code 0 "
+                                             "when every decision matches the log, 1 when some differ. Runs "
+                                             "with --decide-every step cannot be replayed from per-epoch rows.")
+    replay.add_argument("run", type=Path, metavar="RUN", help="a run folder written by `labkit train` or a sweep "
+                                                              "(config.json, history.csv)")
+    replay.add_argument("--csv", type=Path, metavar="OUT", help="also write the whole table (every signal, the "
+                                                                "full reasons) to this CSV file")
     return parser
 
 

@@ -7,6 +7,7 @@
     labkit sweep ... --tuned runs/tune-c10 --runs fixed:b_init=256 --seeds 0 1 2 --out runs/c10
     labkit find-batch --dataset cifar10 --model cnn --out runs/find-c10
     labkit serve-bench --device cuda --out runs/bench_serving.csv
+    labkit replay runs/c10-loss --csv runs/c10-loss/replay.csv
     labkit train --help
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     command = {"train": _train, "sweep": _sweep, "tune": _tune, "find-batch": _find_batch,
-               "serve-bench": _serve_bench}[args.command]
+               "serve-bench": _serve_bench, "replay": _replay}[args.command]
     if getattr(args, "nproc", None) is not None:
         command = partial(_torchrun, argv=argv)
     if args.debug:
@@ -225,6 +226,42 @@ def _serve_bench(args: argparse.Namespace) -> int:
                  "speedup", "p99_bound_ms", "p99_ok", "meets_target", "p99_lag_ms"]].round(3).to_string(index=False))
     save_table(table, args.out, device, **meta)
     return 0
+
+
+REASON_WIDTH = 100   # characters of a reason shown in the table (--csv keeps them whole)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Exit code 0 when every replayed decision matches the log, 1 when some differ."""
+    from labkit.replay import replay, verdict
+    from labkit.runtime import atomic_path
+
+    if args.csv is not None:
+        check_out(args.csv, file=True)
+    table = replay(args.run)
+    signals = [name for name in table.attrs["uses"]        # epoch is a column already; a signal never passed: none
+               if name != "epoch" and table[name].notna().any()]
+    shown = table[["epoch", "batch_size", *signals, "next_batch", "replayed", "reason"]].rename(
+        columns={"batch_size": "B", "next_batch": "next (log)"})
+    shown["B"] = shown["B"].round().astype(int)
+    if not table["same"].all():
+        shown.insert(shown.columns.get_loc("replayed") + 1, "same", table["same"].map({True: "", False: "DIFFERS"}))
+    reasons = [r if len(r) <= REASON_WIDTH else r[:REASON_WIDTH - 1] + "…" for r in shown["reason"]]
+    width = max([len("reason"), *map(len, reasons)])
+    shown["reason"] = [r.ljust(width) for r in reasons]
+    shown = shown.rename(columns={"reason": "reason".ljust(width)})       # the header left-aligned with the text
+    print("\n".join(line.rstrip() for line in shown.to_string(index=False, float_format="{:.4g}".format).splitlines()))
+    if args.csv is not None:
+        with atomic_path(args.csv) as partial:
+            table.to_csv(partial, index=False)
+        print(f"wrote {args.csv}")
+    differ = table[~table["same"]]
+    if not differ.empty:
+        first = differ.iloc[0]
+        print(f"epoch {first.epoch}: the log chose {first.next_batch} ({first.reason}); the replay chose "
+              f"{first.replayed} ({first.replayed_reason})")
+    print(verdict(table))
+    return 0 if table["same"].all() else 1
 
 
 if __name__ == "__main__":
