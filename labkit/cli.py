@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"labkit {args.command}: interrupted{ON_INTERRUPT.get(args.command, '')}", file=sys.stderr)
         return 130
+    except BrokenPipeError:       # stdout's reader left (`labkit replay RUN | head`): stop quietly, as the docs say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so the exit's flush cannot fail again
+        return 1
     except Exception as error:
         code, line = _one_line(args.command, error)
         print(line, file=sys.stderr)

@@ -252,3 +252,19 @@ def test_debug_in_a_separate_process_shows_the_traceback(tmp):
     done = subprocess.run([sys.executable, "-m", "labkit.cli", "--debug", "train", *RUN, "--device", "tpu",
                            "--out", str(tmp / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" in done.stderr and "device='tpu'" in done.stderr
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`labkit replay RUN | head -1`: stdout's pipe closes under the command, which stops with exit 1 and says
+    nothing on stderr (no "[Errno 32] Broken pipe" line, no "Exception ignored" at exit)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run_folder = os.path.join(repo, "results", "baselines", "cifar10-jpeg-resnet", "goodput-b_init=64-max_batch=1024",
+                              "seed0")
+    read, write = os.pipe()
+    os.close(read)                                       # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "labkit", "replay", run_folder], stdout=write,
+                              stderr=subprocess.PIPE, text=True, cwd=repo, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
