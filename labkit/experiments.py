@@ -25,13 +25,12 @@ import json
 import math
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 
+from labkit.pool import run_all
 from labkit.runtime import atomic_path
 from labkit.strategies.schedules import parse_milestones
 from labkit.train import BrokenRun, Diverged, TrainConfig, fit
@@ -264,6 +263,10 @@ def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, 
 
     ``widen`` > 0: up to that many extra rounds, each adding one LR past every open end of a run's grid
     (``open_edges``), so no chosen LR is the best only because the grid stopped there.
+
+    Interrupted with ``jobs`` > 1 (Ctrl-C, or SIGTERM as schedulers and ``timeout`` send it): the queued
+    trials are cancelled and the running ones stopped at once (they resume from their last checkpoint), one
+    line says how many finished, and ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM) follows.
     """
     if validation <= 0:
         raise ValueError(f"validation={validation:g}: tuning needs a held-out share of the training set in (0, 1)")
@@ -277,15 +280,14 @@ def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, 
         todo = [(config, folder, progress and jobs == 1, restart_broken) for folder, config in trials
                 if not _finished(folder, base.epochs, restart_broken)]
         if todo and jobs > 1:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                list(pool.map(_run_args, todo))
+            run_all(_run, todo, jobs)
             return True
         start = time.perf_counter()
         for i, args in enumerate(todo):
             if stop_after is not None and time.perf_counter() - start > stop_after:
                 print(f"stopped after {stop_after:g} s with {len(todo) - i} trials left: run the same command again")
                 return False
-            _run_args(args)
+            _run(*args)
         return True
 
     complete = train({label: list(lrs) for label in specs})
@@ -303,10 +305,6 @@ def tune(base: TrainConfig, runs: list[str], lrs: list[float], out: str | Path, 
     with atomic_path(out / "chosen.json") as partial:
         partial.write_text(json.dumps(chosen, indent=2) + "\n")
     return table
-
-
-def _run_args(args: tuple) -> None:
-    _run(*args)
 
 
 def tune_table(out: str | Path) -> pd.DataFrame:
