@@ -5,18 +5,23 @@ An error in one call lets the others finish, then the first one (in order) is ra
 schedulers and ``timeout`` send it; turned into an exception while the pool runs, the previous handler back
 after), stops everything at once: the queued calls are cancelled, the workers terminated (a trial resumes
 from its last checkpoint), one line tells how many calls finished, and the interrupt goes on as
-``KeyboardInterrupt`` or ``SystemExit(143)``. Without this, ``with ProcessPoolExecutor()`` waits for every
+``KeyboardInterrupt`` or ``SystemExit(143)``. On Linux a parent killed outright (SIGKILL) takes its workers
+with it too (the kernel's parent-death signal). Without this, ``with ProcessPoolExecutor()`` waits for every
 running and queued call after a Ctrl-C, and a SIGTERM leaves the workers running as orphans.
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable
+
+
+PR_SET_PDEATHSIG = 1          # prctl(2): the signal the calling process gets when its parent dies
 
 
 class _Terminated(BaseException):
@@ -27,7 +32,8 @@ def run_all(fn: Callable, calls: list[tuple], jobs: int) -> None:
     """``fn(*args)`` for each ``args`` in ``calls`` on ``jobs`` spawned processes (``fn`` a module-level
     function, as pickling needs); see the module's docstring for errors and interrupts."""
     before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(os.getpid(),))
     futures, previous = [], {}
     term = {} if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN else {signal.SIGTERM: _raise_terminated}
     try:
@@ -70,13 +76,21 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     """A worker leaves Ctrl-C (sent to the whole foreground process group) to the parent, which stops it.
-    Its progress bars are off, so tqdm's lock need not be a named semaphore, which a terminated worker
-    would leave for multiprocessing's resource tracker to clean up, with a warning, at the parent's exit."""
+    On Linux it also ends when the parent dies outright (SIGKILL, a crash), which no handler can see: the
+    kernel's parent-death signal. Its progress bars are off, so tqdm's lock need not be a named semaphore,
+    which a terminated worker would leave for multiprocessing's resource tracker to clean up, with a
+    warning, at the parent's exit."""
     from tqdm import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:               # the parent died before the call: nobody would signal us
+            os._exit(1)
     tqdm.set_lock(threading.RLock())
 
 

@@ -90,3 +90,25 @@ def test_an_interrupted_tune_stops_its_workers_at_once(tmp_path, signum, code):
             proc.wait()
         for p in alive(descendants):                                           # a failed test leaves none
             p.kill()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_killed_tune_takes_its_workers_with_it(tmp_path):
+    """SIGKILL to the parent runs no handler; the workers still end (the kernel's parent-death signal)."""
+    out = tmp_path / "tune"
+    proc = start_tune(out, tmp_path / "tune.log")
+    descendants = []
+    try:
+        descendants = wait_until_training(proc, out)
+        workers = [p for p in descendants if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in descendants]
+        proc.kill()
+        proc.wait(timeout=15)
+        _, left = psutil.wait_procs(workers, timeout=10)
+        assert not alive(left), [(p.pid, p.cmdline()) for p in alive(left)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in alive(descendants):
+            p.kill()
