@@ -157,10 +157,15 @@ def finished(folder: Path, epochs: int) -> bool:
     return len(rows) >= epochs or stopped(rows)
 
 
+# the floats fit wrote, to the last bit (``labkit replay`` feeds them to a strategy again): pandas 3 reads them
+# so by default (and deprecates the option), pandas 2 does not
+EXACT = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
 def read_history(path: str | Path) -> pd.DataFrame:
     """A run's ``history.csv``, checked whole: a header with ``epoch`` and ``reason``, every row complete
     (each field present, numbers parseable) and ending in a newline, epochs 1, 2, 3, … Otherwise
-    ``BrokenRun`` naming the file and what is wrong."""
+    ``BrokenRun`` naming the file and what is wrong. Floats are read back exactly as written."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -176,7 +181,7 @@ def read_history(path: str | Path) -> pd.DataFrame:
             for column, field in zip(header, line):
                 if column != "reason" and field:
                     float(field)              # ValueError names the field
-        rows = pd.read_csv(io.StringIO(text))
+        rows = pd.read_csv(io.StringIO(text), **EXACT)
         if list(rows.epoch) != list(range(1, len(rows) + 1)):
             raise ValueError(f"its epochs {list(rows.epoch)[:8]} are not 1, 2, 3, …")
     except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError) as error:

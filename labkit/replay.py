@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from labkit.experiments import read_history
+
 SIGNALS = ("loss", "entropy", "epoch", "step_time", "gns", "memory")   # in the order fit passes them
-# the floats fit wrote, to the last bit: pandas 3 reads them so by default (and deprecates the option), 2 not
-EXACT = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 NEEDED = ("epoch", "batch_size", "steps", "train_loss", "train_entropy", "epoch_time_s", "next_batch", "reason")
 
 
@@ -140,11 +140,7 @@ def _read(folder: Path) -> tuple[dict, pd.DataFrame]:
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{folder / 'config.json'} is not a readable run config ({type(error).__name__}: "
                          f"{error})") from None
-    try:
-        history = pd.read_csv(folder / "history.csv", **EXACT)
-    except (UnicodeDecodeError, ValueError) as error:                # EmptyDataError, ParserError included
-        raise ValueError(f"{folder / 'history.csv'} is not a readable history ({type(error).__name__}: "
-                         f"{' '.join(str(error).split())})") from None
+    history = read_history(folder / "history.csv")           # checked whole, or BrokenRun naming the problem
     missing = [column for column in NEEDED if column not in history]
     if missing:
         raise ValueError(f"{folder / 'history.csv'} lacks the column(s) {', '.join(missing)}: not a history "
