@@ -4,6 +4,8 @@
 #
 #   bash bench/baselines.sh tune cifar10      # OUT=results/baselines/cifar10-jpeg-resnet/tune
 #   bash bench/baselines.sh sweep cifar10     # OUT=results/baselines/cifar10-jpeg-resnet (resumes)
+#   bash bench/baselines.sh target cifar10    # OUT=results/baselines/cifar10-jpeg-resnet-20ep: fixed 64 and 128
+#                                             # tuned and run for 20 epochs, issue 12's 90 % target
 #   (datasets: cifar10, mnist, fashion-mnist; JOBS=8 trains 8 tuning trials at once)
 #
 # Every run: SGD with Nesterov momentum 0.9, weight decay 5e-4, warm-up (1 epoch) then linear decay to zero
@@ -16,8 +18,8 @@
 # wherever the best sits at an end of its grid. The goodput strategy runs twice: with the same sqrt coupling
 # as the others, and as issue 17 designs it, with AdaScale's gain (--lr-rule adascale, label goodput-adascale).
 set -euo pipefail
-step=${1:?usage: baselines.sh tune|sweep DATASET}
-dataset=${2:?usage: baselines.sh tune|sweep DATASET}
+step=${1:?usage: baselines.sh tune|sweep|target DATASET}
+dataset=${2:?usage: baselines.sh tune|sweep|target DATASET}
 JOBS=${JOBS:-8}
 STOP_AFTER=${STOP_AFTER:-450}
 command -v labkit >/dev/null || labkit() { "${PYTHON:-python3}" -m labkit "$@"; }  # a checkout, not installed
@@ -65,5 +67,14 @@ case $step in
       --stop-after "$STOP_AFTER" --runs "${fixed[@]}" "${adaptive[@]}"
     labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
       --stop-after "$STOP_AFTER" "${adascale[@]}" ;;
-  *) echo "baselines.sh: step '$step' is not one of tune, sweep" >&2; exit 2 ;;
+  target)   # the same recipe for 20 epochs: does the best tuned fixed batch reach 90 %?
+    [ "$dataset" = cifar10 ] || { echo "baselines.sh: the target step is for cifar10, not '$dataset'" >&2; exit 2; }
+    out=$out-20ep
+    labkit tune "${common[@]}" --epochs 20 --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
+      --lrs 0.0125 0.025 0.05 0.1 0.2 --runs fixed:b_init=64
+    labkit tune "${common[@]}" --epochs 20 --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
+      --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=128
+    labkit sweep "${common[@]}" --epochs 20 --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
+      --stop-after "$STOP_AFTER" --runs fixed:b_init=64 fixed:b_init=128 ;;
+  *) echo "baselines.sh: step '$step' is not one of tune, sweep, target" >&2; exit 2 ;;
 esac
