@@ -6,6 +6,7 @@
 #   bash bench/baselines.sh sweep cifar10     # OUT=results/baselines/cifar10-jpeg-resnet (resumes)
 #   bash bench/baselines.sh target cifar10    # OUT=results/baselines/cifar10-jpeg-resnet-20ep: fixed 64 and 128
 #                                             # tuned and run for 20 epochs, issue 12's 90 % target
+#   bash bench/baselines.sh runs cifar10      # the output folder, then the runs it compares, a spec a line
 #   (datasets: cifar10, mnist, fashion-mnist; JOBS=8 trains 8 tuning trials at once)
 #
 # Every run: SGD with Nesterov momentum 0.9, weight decay 5e-4, warm-up (1 epoch) then linear decay to zero
@@ -18,8 +19,8 @@
 # wherever the best sits at an end of its grid. The goodput strategy runs twice: with the same sqrt coupling
 # as the others, and as issue 17 designs it, with AdaScale's gain (--lr-rule adascale, label goodput-adascale).
 set -euo pipefail
-step=${1:?usage: baselines.sh tune|sweep|target DATASET}
-dataset=${2:?usage: baselines.sh tune|sweep|target DATASET}
+step=${1:?usage: baselines.sh tune|sweep|target|runs DATASET}
+dataset=${2:?usage: baselines.sh tune|sweep|target|runs DATASET}
 JOBS=${JOBS:-8}
 STOP_AFTER=${STOP_AFTER:-450}
 command -v labkit >/dev/null || labkit() { "${PYTHON:-python3}" -m labkit "$@"; }  # a checkout, not installed
@@ -76,5 +77,7 @@ case $step in
       --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=128
     labkit sweep "${common[@]}" --epochs 20 --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
       --stop-after "$STOP_AFTER" --runs fixed:b_init=64 fixed:b_init=128 ;;
-  *) echo "baselines.sh: step '$step' is not one of tune, sweep, target" >&2; exit 2 ;;
+  runs)
+    printf '%s\n' "$out" "${fixed[@]}" "${adaptive[@]}" "${adascale[3]}" ;;
+  *) echo "baselines.sh: step '$step' is not one of tune, sweep, target, runs" >&2; exit 2 ;;
 esac
