@@ -201,6 +201,26 @@ def separations(histories: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "gap", "verdict"])
 
 
+TWIN_COLUMNS = ("epoch", "batch_size", "samples", "train_loss", "test_acc")
+
+
+def twins(histories: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of runs that trained the same model: the same seeds, and per seed the same batch size, samples,
+    train loss and test accuracy at every epoch, exactly (two rules that made the same decisions, with
+    deterministic code). Their time gap is then not the method's: it is timing noise (the session, the
+    machine, the code version). Columns: a, b, seeds, ``time a``/``time b`` (mean training time over the
+    seeds) and ``ratio`` = time a / time b."""
+    columns = [c for c in TWIN_COLUMNS if c in histories]
+    runs = {run: h.sort_values(["seed", "epoch"])[["seed", *columns]].reset_index(drop=True)
+            for run, h in histories.groupby("run", sort=False)}
+    ends = histories.sort_values("epoch").groupby(["run", "seed"]).wall_time_s.last().groupby("run").mean()
+    names = list(runs)
+    rows = [dict(a=a, b=b, seeds=runs[a].seed.nunique(), **{"time a": ends[a], "time b": ends[b]},
+                 ratio=ends[a] / ends[b])
+            for i, a in enumerate(names) for b in names[i + 1:] if runs[a].equals(runs[b])]
+    return pd.DataFrame(rows, columns=["a", "b", "seeds", "time a", "time b", "ratio"])
+
+
 def against(pairs: pd.DataFrame, run: str) -> pd.Series:
     """From a ``separations`` table: every other run's standing against ``run`` on final accuracy,
     'above', 'below' or 'cannot separate'."""

@@ -357,6 +357,16 @@ def provenance_counts(configs: list[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).value_counts().rename("runs").reset_index()
 
 
+def ran_at(folder: str | Path) -> pd.Series:
+    """Where each run of a sweep folder ran: its label → 'day commit' of its seeds (several, comma-joined,
+    when its seeds ran at different commits or days), read from ``RUN/seed*/config.json``."""
+    ran = {}
+    for path in sorted(Path(folder).glob("*/seed*/config.json")):
+        p = json.loads(path.read_text())["provenance"]
+        ran.setdefault(path.parent.parent.name, {})[f"{p['date'][:10]} {p['commit']}"] = None
+    return pd.Series({run: ", ".join(where) for run, where in ran.items()}, name="ran", dtype=object)
+
+
 def decision_trail(decisions: pd.DataFrame) -> pd.DataFrame:
     """A strategy's ``decisions.csv`` (step, old, new, reason) shortened: consecutive rows with the same
     (old, new, reason) become one row whose ``steps`` is 'first–last' (or the one step). Columns: steps,

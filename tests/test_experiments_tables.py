@@ -1,14 +1,15 @@
 """labkit.comparison's table helpers (short_label, comparison_table, separable, separations, against,
-leaders, reach_verdict, tuning_grid, epoch_means, portable_command), against small tables worked out by
-hand."""
+leaders, reach_verdict, tuning_grid, epoch_means, twins) and experiments' portable_command and ran_at, against
+small tables worked out by hand."""
+import json
 import math
 
 import pandas as pd
 import pytest
 
 from labkit.comparison import (against, batch_band, comparison_table, epoch_means, gap_in_std, lab_goals, leaders, reach_verdict, verdict,
-                               separable, separations, short_label, standoff, tuning_grid)
-from labkit.experiments import portable_command
+                               separable, separations, short_label, standoff, tuning_grid, twins)
+from labkit.experiments import portable_command, ran_at
 
 
 @pytest.mark.parametrize("run, short", [
@@ -240,3 +241,23 @@ def test_paired_gaps_by_hand():
                       "0% fewer examples seen")]
     assert entry["accuracy"] == "plain data: fixed 128 +0.020 (2.0× std); ramp +0.010 (within noise)"
     assert entry["time"] == "curriculum: fixed 128 2.00× faster; ramp 1.00× faster"
+
+
+def test_twins_are_runs_with_the_same_trajectory_in_every_seed():
+    h = histories()
+    same = h[h.run == "fixed-b_init=8"].assign(run="copy", wall_time_s=lambda d: d.wall_time_s * 1.5)
+    near = same.assign(run="near", test_acc=lambda d: d.test_acc.where(d.epoch < 3, d.test_acc + 1e-9))
+    pairs = twins(pd.concat([h, same, near]))
+    assert pairs[["a", "b", "seeds"]].values.tolist() == [["fixed-b_init=8", "copy", 2]]
+    assert pairs.loc[0, "time a"] == 30.0 and pairs.loc[0, "time b"] == 45.0       # last epochs: 3 x 10 s
+    assert pairs.loc[0, "ratio"] == pytest.approx(2 / 3)
+    assert twins(h).empty and list(twins(h).columns) == ["a", "b", "seeds", "time a", "time b", "ratio"]
+
+
+def test_ran_at_gives_each_run_the_days_and_commits_of_its_seeds(tmp_path):
+    for run, seed, date, commit in [("a", 0, "2026-12-01T10:00", "abc"), ("a", 1, "2026-12-02T09:00", "def"),
+                                    ("a", 2, "2026-12-02T11:00", "def"), ("b", 0, "2026-12-02T12:00", "def")]:
+        (tmp_path / run / f"seed{seed}").mkdir(parents=True)
+        config = {"config": {}, "provenance": {"date": date, "commit": commit}}
+        (tmp_path / run / f"seed{seed}" / "config.json").write_text(json.dumps(config))
+    assert ran_at(tmp_path).to_dict() == {"a": "2026-12-01 abc, 2026-12-02 def", "b": "2026-12-02 def"}
