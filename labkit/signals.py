@@ -149,3 +149,17 @@ def mean_entropy(logits):
 def max_entropy(num_classes: int) -> float:
     """log C: the entropy of the uniform prediction over C classes, the upper end of H(p)."""
     return math.log(check_int("num_classes", num_classes, low=2))
+
+
+def smoothed_target_entropy(num_classes: int, smoothing: float) -> float:
+    """Entropy of a label-smoothed target, in nats: with q = 1 − ε + ε/C on the true class and ε/C on the others,
+    H_ε = −q log q − (C − 1)(ε/C) log(ε/C)  (0 log 0 = 0; H_0 = 0, H_1 = log C).
+
+    Cross-entropy against that target is lowest when the prediction equals it, so a model trained with label
+    smoothing ε drifts toward a mean entropy of H_ε on the data it fits, not toward 0: a confidence rule whose
+    ``low`` lies below H_ε / log C may never grow the batch.
+    """
+    c = check_int("num_classes", num_classes, low=2)
+    eps = check_float("smoothing", smoothing, low=0.0, high=1.0)
+    q, rest = 1 - eps + eps / c, eps / c
+    return sum(-p * math.log(p) for p in (q, *[rest] * (c - 1)) if p > 0)

@@ -299,3 +299,28 @@ def test_scaled_lr_rules():
         S.scaled_lr(0.1, 128, 512, "cubic")
     with pytest.raises(ValueError, match="base_lr=-1"):
         S.scaled_lr(-1, 128, 512)
+
+
+@pytest.mark.parametrize("classes, eps", [(10, 0.1), (10, 0.3), (2, 0.05), (100, 0.1), (1000, 0.2)])
+def test_smoothed_target_entropy_against_numpy_and_torch_cross_entropy(classes, eps):
+    import torch
+    import torch.nn.functional as F
+
+    from labkit.signals import smoothed_target_entropy
+    target = np.full(classes, eps / classes)
+    target[-1] += 1 - eps
+    by_hand = -(target * np.log(target)).sum()
+    assert smoothed_target_entropy(classes, eps) == pytest.approx(by_hand, rel=1e-12)
+    # cross-entropy with label smoothing, at the prediction equal to the smoothed target, is its entropy
+    logits = torch.tensor(np.log(target), dtype=torch.float64)[None]
+    ce = F.cross_entropy(logits, torch.tensor([classes - 1]), label_smoothing=eps).item()
+    assert smoothed_target_entropy(classes, eps) == pytest.approx(ce, rel=1e-9)
+
+
+def test_smoothed_target_entropy_ends_and_bad_input():
+    from labkit.signals import max_entropy, smoothed_target_entropy
+    assert smoothed_target_entropy(10, 0.0) == 0.0 and math.copysign(1, smoothed_target_entropy(10, 0.0)) == 1
+    assert smoothed_target_entropy(10, 1.0) == pytest.approx(max_entropy(10), rel=1e-12)
+    assert smoothed_target_entropy(10, 0.1) / max_entropy(10) == pytest.approx(0.2173, abs=1e-4)
+    with pytest.raises(ValueError, match="smoothing"):
+        smoothed_target_entropy(10, 1.5)
