@@ -1,7 +1,9 @@
 """bench/baselines.sh against the committed results: every run it lists builds, was tuned, and ran 3 seeds."""
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -40,8 +42,10 @@ def test_every_strategy_the_lab_compares_runs_on_every_dataset():
 
 
 @pytest.mark.parametrize("args, named", [(["sweep", "imagenet"], "'imagenet'"), (["fit", "cifar10"], "'fit'"),
-                                         (["target", "mnist"], "'mnist'")])
-def test_a_bad_step_or_dataset_is_one_line_and_exit_2(args, named):
-    done = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True)
+                                         (["target", "mnist"], "'mnist'"),
+                                         (["retime", "cifar10", "0000000"], "'0000000'")])
+def test_a_bad_step_dataset_or_commit_is_one_line_and_exit_2(args, named):
+    done = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHON": sys.executable})
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and named in done.stderr
