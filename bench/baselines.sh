@@ -18,9 +18,10 @@
 # under the entropy a well-fitted model reaches (labkit.signals.smoothed_target_entropy): H(0.91, 9 x 0.01) =
 # 0.50 nats, h = H / ln 10 = 0.22, above the confidence rule's default low=0.2; CIFAR-10's confidence run grows
 # below low=0.3 instead. Tuning trials train on 90% of the training set and are scored on the other 10% (never
-# the test split). Each fixed batch and each adaptive strategy gets the same tuning budget: 5 peak LRs, x2 apart, widened by one LR at a time (up to 2)
-# wherever the best sits at an end of its grid. The goodput strategy runs twice: with the same sqrt coupling
-# as the others, and as issue 17 designs it, with AdaScale's gain (--lr-rule adascale, label goodput-adascale).
+# the test split). Each fixed batch and each adaptive strategy gets the same tuning budget: 5 peak LRs, x2
+# apart, widened by one LR at a time (up to 2) wherever the best sits at an end of its grid. The goodput
+# strategy runs twice: with the same sqrt coupling as the others, and as issue 17 designs it, with AdaScale's
+# gain (--lr-rule adascale, label goodput-adascale).
 set -euo pipefail
 step=${1:?usage: baselines.sh tune|sweep|target|retime|runs DATASET}
 dataset=${2:?usage: baselines.sh tune|sweep|target|retime|runs DATASET}
