@@ -70,14 +70,14 @@ case $step in
   retime)
     commit=${3:?usage: baselines.sh retime DATASET COMMIT}
     "${PYTHON:-python3}" - "$out" "$commit" <<'PY'
+import json
 import sys
 from pathlib import Path
 
-from labkit.experiments import ran_at
-
 out, commit = Path(sys.argv[1]), sys.argv[2]
 aside = out.with_name(f"{out.name}-timed-at-{commit}")
-runs = [run for run, where in ran_at(out).items() if commit in (w.split()[1] for w in where.split(", "))]
+runs = sorted({path.parent.parent.name for path in out.glob("*/seed*/config.json")
+               if json.loads(path.read_text())["provenance"]["commit"] == commit})
 if not runs:
     print(f"baselines.sh: no run in {out} ran at commit {commit!r}", file=sys.stderr)
     sys.exit(2)

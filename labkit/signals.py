@@ -162,4 +162,4 @@ def smoothed_target_entropy(num_classes: int, smoothing: float) -> float:
     c = check_int("num_classes", num_classes, low=2)
     eps = check_float("smoothing", smoothing, low=0.0, high=1.0)
     q, rest = 1 - eps + eps / c, eps / c
-    return sum(-p * math.log(p) for p in (q, *[rest] * (c - 1)) if p > 0)
+    return sum(-n * p * math.log(p) for n, p in ((1, q), (c - 1, rest)) if p > 0)
