@@ -10,6 +10,8 @@
 #   bash bench/baselines.sh retime cifar10 84f1ef7   # runs whose seeds ran at that commit: old folders moved
 #                                             # to OUT-timed-at-84f1ef7, then trained again (times from one session;
 #                                             # if it stops early, continue with the sweep step)
+#   bash bench/baselines.sh timing cifar10    # OUT=results/baselines/cifar10-jpeg-resnet-timing: every run once (seed 0)
+#                                             # at its tuned LR, so all its times come from one session (resumes)
 #   (datasets: cifar10, mnist, fashion-mnist; JOBS=8 trains 8 tuning trials at once)
 #
 # Every run: SGD with Nesterov momentum 0.9, weight decay 5e-4, warm-up (1 epoch) then linear decay to zero
@@ -23,8 +25,8 @@
 # strategy runs twice: with the same sqrt coupling as the others, and as issue 17 designs it, with AdaScale's
 # gain (--lr-rule adascale, label goodput-adascale).
 set -euo pipefail
-step=${1:?usage: baselines.sh tune|sweep|target|retime|runs DATASET}
-dataset=${2:?usage: baselines.sh tune|sweep|target|retime|runs DATASET}
+step=${1:?usage: baselines.sh tune|sweep|target|retime|timing|runs DATASET}
+dataset=${2:?usage: baselines.sh tune|sweep|target|retime|timing|runs DATASET}
 JOBS=${JOBS:-8}
 STOP_AFTER=${STOP_AFTER:-450}
 command -v labkit >/dev/null || labkit() { "${PYTHON:-python3}" -m labkit "$@"; }  # a checkout, not installed
@@ -101,7 +103,12 @@ PY
       --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=128
     labkit sweep "${common[@]}" --epochs 20 --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
       --stop-after "$STOP_AFTER" --runs fixed:b_init=64 fixed:b_init=128 ;;
+  timing)   # one seed of every run, back to back: times that share a session and a machine
+    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 --no-progress --out "$out-timing" \
+      --stop-after "$STOP_AFTER" --runs "${fixed[@]}" "${adaptive[@]}"
+    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 --no-progress --out "$out-timing" \
+      --stop-after "$STOP_AFTER" "${adascale[@]}" ;;
   runs)
     printf '%s\n' "$out" "${fixed[@]}" "${adaptive[@]}" "${adascale[3]}" ;;
-  *) echo "baselines.sh: step '$step' is not one of tune, sweep, target, retime, runs" >&2; exit 2 ;;
+  *) echo "baselines.sh: step '$step' is not one of tune, sweep, target, retime, timing, runs" >&2; exit 2 ;;
 esac
