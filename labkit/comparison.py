@@ -221,6 +221,27 @@ def twins(histories: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "seeds", "time a", "time b", "ratio"])
 
 
+def retimed(histories: pd.DataFrame, again: pd.DataFrame) -> pd.DataFrame:
+    """Each (run, seed) of ``again``, the same runs trained once more (one session, one seed each), beside
+    its first training in ``histories``. ``same``: the two trajectories are identical (``TWIN_COLUMNS``),
+    so the time gap is timing alone; a rule that reads the clock (goodput measures throughput) may decide
+    differently and train another model. ``time first``/``time again``: final ``wall_time_s``;
+    ``ratio`` = time again / time first. Index: run (a pair missing from ``histories`` is left out)."""
+    columns = [c for c in TWIN_COLUMNS if c in histories and c in again]
+    first = {key: h.sort_values("epoch") for key, h in histories.groupby(["run", "seed"])}
+    rows = []
+    for (run, seed), h in again.groupby(["run", "seed"], sort=False):
+        if (run, seed) not in first:
+            continue
+        h, old = h.sort_values("epoch"), first[run, seed]
+        same = h[columns].reset_index(drop=True).equals(old[columns].reset_index(drop=True))
+        t_old, t_new = old.wall_time_s.iloc[-1], h.wall_time_s.iloc[-1]
+        rows.append(dict(run=run, seed=seed, same=same, **{"time first": t_old, "time again": t_new},
+                         ratio=t_new / t_old))
+    header = ["run", "seed", "same", "time first", "time again", "ratio"]
+    return pd.DataFrame(rows, columns=header).set_index("run")
+
+
 def against(pairs: pd.DataFrame, run: str) -> pd.Series:
     """From a ``separations`` table: every other run's standing against ``run`` on final accuracy,
     'above', 'below' or 'cannot separate'."""

@@ -1,5 +1,5 @@
 """labkit.comparison's table helpers (short_label, comparison_table, separable, separations, against,
-leaders, reach_verdict, tuning_grid, epoch_means, twins) and experiments' portable_command and ran_at, against
+leaders, reach_verdict, tuning_grid, epoch_means, twins, retimed) and experiments' portable_command and ran_at, against
 small tables worked out by hand."""
 import json
 import math
@@ -7,8 +7,24 @@ import math
 import pandas as pd
 import pytest
 
-from labkit.comparison import (against, batch_band, comparison_table, epoch_means, gap_in_std, lab_goals, leaders, reach_verdict, verdict,
-                               separable, separations, short_label, standoff, tuning_grid, twins)
+from labkit.comparison import (
+    against,
+    batch_band,
+    comparison_table,
+    epoch_means,
+    gap_in_std,
+    lab_goals,
+    leaders,
+    reach_verdict,
+    retimed,
+    separable,
+    separations,
+    short_label,
+    standoff,
+    tuning_grid,
+    twins,
+    verdict,
+)
 from labkit.experiments import portable_command, ran_at
 
 
@@ -252,6 +268,21 @@ def test_twins_are_runs_with_the_same_trajectory_in_every_seed():
     assert pairs.loc[0, "time a"] == 30.0 and pairs.loc[0, "time b"] == 45.0       # last epochs: 3 x 10 s
     assert pairs.loc[0, "ratio"] == pytest.approx(2 / 3)
     assert twins(h).empty and list(twins(h).columns) == ["a", "b", "seeds", "time a", "time b", "ratio"]
+
+
+def test_retimed_pairs_each_seed_trained_again_with_its_first_training():
+    h = histories()
+    again = pd.concat([h[(h.run == "fixed-b_init=8") & (h.seed == 0)].assign(wall_time_s=lambda d: d.wall_time_s * 1.2),
+                       h[(h.run == "linear-b_init=8-a=8-max_batch=32") & (h.seed == 1)]
+                       .assign(batch_size=lambda d: d.batch_size.where(d.epoch < 3, 16)),
+                       h[h.run == "fixed-b_init=8"].assign(run="never-ran-first")])
+    table = retimed(h, again.sample(frac=1, random_state=0).sort_values("run", kind="stable"))
+    assert list(table.index) == ["fixed-b_init=8", "linear-b_init=8-a=8-max_batch=32"]
+    fixed, linear = table.iloc[0], table.iloc[1]
+    assert (fixed.seed, bool(fixed.same), fixed["time first"]) == (0, True, 30.0)   # last epoch: 3 x 10 s
+    assert fixed["time again"] == pytest.approx(36.0) and fixed.ratio == pytest.approx(1.2)
+    assert (linear.seed, bool(linear.same), linear.ratio) == (1, False, 1.0)        # epoch 3 ran at 16, not 24
+    assert retimed(h, again.iloc[:0]).empty
 
 
 def test_ran_at_gives_each_run_the_days_and_commits_of_its_seeds(tmp_path):
