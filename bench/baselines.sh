@@ -7,9 +7,6 @@
 #   bash bench/baselines.sh target cifar10    # OUT=results/baselines/cifar10-jpeg-resnet-20ep: fixed 64 and 128
 #                                             # tuned and run for 20 epochs, issue 12's 90 % target
 #   bash bench/baselines.sh runs cifar10      # the output folder, then the runs it compares, a spec a line
-#   bash bench/baselines.sh retime cifar10 84f1ef7   # runs whose seeds ran at that commit: old folders moved
-#                                             # to OUT-timed-at-84f1ef7, then trained again (times from one session;
-#                                             # if it stops early, continue with the sweep step)
 #   bash bench/baselines.sh timing cifar10    # OUT=results/baselines/cifar10-jpeg-resnet-timing: every run once (seed 0)
 #                                             # at its tuned LR, so all its times come from one session (resumes)
 #   (datasets: cifar10, mnist, fashion-mnist; JOBS=8 trains 8 tuning trials at once)
@@ -25,8 +22,8 @@
 # strategy runs twice: with the same sqrt coupling as the others, and as issue 17 designs it, with AdaScale's
 # gain (--lr-rule adascale, label goodput-adascale).
 set -euo pipefail
-step=${1:?usage: baselines.sh tune|sweep|target|retime|timing|runs DATASET}
-dataset=${2:?usage: baselines.sh tune|sweep|target|retime|timing|runs DATASET}
+step=${1:?usage: baselines.sh tune|sweep|target|timing|runs DATASET}
+dataset=${2:?usage: baselines.sh tune|sweep|target|timing|runs DATASET}
 JOBS=${JOBS:-8}
 STOP_AFTER=${STOP_AFTER:-450}
 command -v labkit >/dev/null || labkit() { "${PYTHON:-python3}" -m labkit "$@"; }  # a checkout, not installed
@@ -69,26 +66,6 @@ case $step in
       --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=256
     labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.05 0.1 0.2 0.4 0.8 --runs fixed:b_init=1024 ;;
-  retime)
-    commit=${3:?usage: baselines.sh retime DATASET COMMIT}
-    "${PYTHON:-python3}" - "$out" "$commit" <<'PY'
-import json
-import sys
-from pathlib import Path
-
-out, commit = Path(sys.argv[1]), sys.argv[2]
-aside = out.with_name(f"{out.name}-timed-at-{commit}")
-runs = sorted({path.parent.parent.name for path in out.glob("*/seed*/config.json")
-               if json.loads(path.read_text())["provenance"]["commit"] == commit})
-if not runs:
-    print(f"baselines.sh: no run in {out} ran at commit {commit!r}", file=sys.stderr)
-    sys.exit(2)
-aside.mkdir(exist_ok=True)
-for run in runs:
-    (out / run).rename(aside / run)
-    print(f"moved {run} to {aside}")
-PY
-    ;&  # then the sweep, which trains what is missing
   sweep)
     labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
       --stop-after "$STOP_AFTER" --runs "${fixed[@]}" "${adaptive[@]}"
@@ -110,5 +87,5 @@ PY
       --stop-after "$STOP_AFTER" "${adascale[@]}" ;;
   runs)
     printf '%s\n' "$out" "${fixed[@]}" "${adaptive[@]}" "${adascale[3]}" ;;
-  *) echo "baselines.sh: step '$step' is not one of tune, sweep, target, retime, timing, runs" >&2; exit 2 ;;
+  *) echo "baselines.sh: step '$step' is not one of tune, sweep, target, timing, runs" >&2; exit 2 ;;
 esac
