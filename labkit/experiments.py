@@ -348,12 +348,21 @@ def open_edges(table: pd.DataFrame) -> dict[str, float]:
     return edges
 
 
+def short_commit(commit: str) -> str:
+    """A recorded commit as the tables show it: 7 hex digits, a '+dirty' mark kept ('50520dedfb78+dirty'
+    → '50520de+dirty'); a full or 12-digit hash and a short one of the same commit print alike."""
+    head, plus, rest = commit.partition("+")
+    return head[:7] + plus + rest
+
+
 def provenance_counts(configs: list[str | Path]) -> pd.DataFrame:
-    """Where runs ran: device, torch, labkit commit and day of each ``config.json``, counted."""
+    """Where runs ran: device, torch, labkit commit (``short_commit``) and day of each ``config.json``,
+    counted."""
     rows = []
     for path in configs:
         p = json.loads(Path(path).read_text())["provenance"]
-        rows.append({k: p[k] for k in ("device_name", "torch", "commit")} | {"day": p["date"][:10]})
+        rows.append({"device_name": p["device_name"], "torch": p["torch"], "commit": short_commit(p["commit"]),
+                     "day": p["date"][:10]})
     return pd.DataFrame(rows).value_counts().rename("runs").reset_index()
 
 
@@ -363,7 +372,7 @@ def ran_at(folder: str | Path) -> pd.Series:
     ran = {}
     for path in sorted(Path(folder).glob("*/seed*/config.json")):
         p = json.loads(path.read_text())["provenance"]
-        ran.setdefault(path.parent.parent.name, {})[f"{p['date'][:10]} {p['commit']}"] = None
+        ran.setdefault(path.parent.parent.name, {})[f"{p['date'][:10]} {short_commit(p['commit'])}"] = None
     return pd.Series({run: ", ".join(where) for run, where in ran.items()}, name="ran", dtype=object)
 
 

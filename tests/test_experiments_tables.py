@@ -1,6 +1,6 @@
 """labkit.comparison's table helpers (short_label, comparison_table, separable, separations, against,
-leaders, reach_verdict, tuning_grid, epoch_means, twins, retimed) and experiments' portable_command and ran_at, against
-small tables worked out by hand."""
+leaders, reach_verdict, tuning_grid, epoch_means, twins, retimed) and experiments' portable_command, ran_at
+and short_commit, against small tables worked out by hand."""
 import json
 import math
 
@@ -25,7 +25,7 @@ from labkit.comparison import (
     twins,
     verdict,
 )
-from labkit.experiments import portable_command, ran_at
+from labkit.experiments import portable_command, ran_at, short_commit
 
 
 @pytest.mark.parametrize("run, short", [
@@ -272,7 +272,8 @@ def test_twins_are_runs_with_the_same_trajectory_in_every_seed():
 
 def test_retimed_pairs_each_seed_trained_again_with_its_first_training():
     h = histories()
-    again = pd.concat([h[(h.run == "fixed-b_init=8") & (h.seed == 0)].assign(wall_time_s=lambda d: d.wall_time_s * 1.2),
+    slower = h[(h.run == "fixed-b_init=8") & (h.seed == 0)].assign(wall_time_s=lambda d: d.wall_time_s * 1.2)
+    again = pd.concat([slower,
                        h[(h.run == "linear-b_init=8-a=8-max_batch=32") & (h.seed == 1)]
                        .assign(batch_size=lambda d: d.batch_size.where(d.epoch < 3, 16)),
                        h[h.run == "fixed-b_init=8"].assign(run="never-ran-first")])
@@ -286,9 +287,16 @@ def test_retimed_pairs_each_seed_trained_again_with_its_first_training():
 
 
 def test_ran_at_gives_each_run_the_days_and_commits_of_its_seeds(tmp_path):
-    for run, seed, date, commit in [("a", 0, "2026-12-01T10:00", "abc"), ("a", 1, "2026-12-02T09:00", "def"),
-                                    ("a", 2, "2026-12-02T11:00", "def"), ("b", 0, "2026-12-02T12:00", "def")]:
+    full = "def5678" + "9" * 33                                     # the same commit as def5678, in 40 digits
+    for run, seed, date, commit in [("a", 0, "2026-12-01T10:00", "abc1234"), ("a", 1, "2026-12-02T09:00", "def5678"),
+                                    ("a", 2, "2026-12-02T11:00", full), ("b", 0, "2026-12-02T12:00", full)]:
         (tmp_path / run / f"seed{seed}").mkdir(parents=True)
         config = {"config": {}, "provenance": {"date": date, "commit": commit}}
         (tmp_path / run / f"seed{seed}" / "config.json").write_text(json.dumps(config))
-    assert ran_at(tmp_path).to_dict() == {"a": "2026-12-01 abc, 2026-12-02 def", "b": "2026-12-02 def"}
+    assert ran_at(tmp_path).to_dict() == {"a": "2026-12-01 abc1234, 2026-12-02 def5678", "b": "2026-12-02 def5678"}
+
+
+def test_short_commit_keeps_seven_digits_and_the_dirty_mark():
+    assert short_commit("50520dedfb78+dirty") == "50520de+dirty"
+    assert short_commit("c7f0afcd77fcb4854d784310aa5060642e57ad53") == "c7f0afc"
+    assert short_commit("unknown") == "unknown"
