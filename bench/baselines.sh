@@ -66,10 +66,12 @@ case $step in
       --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=256
     labkit tune "${common[@]}" --jobs "$JOBS" --widen 2 --no-progress --out "$out/tune" \
       --lrs 0.05 0.1 0.2 0.4 0.8 --runs fixed:b_init=1024 ;;
-  sweep)
-    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
+  sweep|timing)   # timing: one seed of every run, back to back, so that their times share a session
+    seeds=(0 1 2); dest=$out
+    [ "$step" = timing ] && { seeds=(0); dest=$out-timing; }
+    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds "${seeds[@]}" --no-progress --out "$dest" \
       --stop-after "$STOP_AFTER" --runs "${fixed[@]}" "${adaptive[@]}"
-    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
+    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds "${seeds[@]}" --no-progress --out "$dest" \
       --stop-after "$STOP_AFTER" "${adascale[@]}" ;;
   target)   # the same recipe for 20 epochs: does the best tuned fixed batch reach 90 %?
     [ "$dataset" = cifar10 ] || { echo "baselines.sh: the target step is for cifar10, not '$dataset'" >&2; exit 2; }
@@ -80,11 +82,6 @@ case $step in
       --lrs 0.025 0.05 0.1 0.2 0.4 --runs fixed:b_init=128
     labkit sweep "${common[@]}" --epochs 20 --tuned "$out/tune" --seeds 0 1 2 --no-progress --out "$out" \
       --stop-after "$STOP_AFTER" --runs fixed:b_init=64 fixed:b_init=128 ;;
-  timing)   # one seed of every run, back to back: times that share a session and a machine
-    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 --no-progress --out "$out-timing" \
-      --stop-after "$STOP_AFTER" --runs "${fixed[@]}" "${adaptive[@]}"
-    labkit sweep "${common[@]}" --tuned "$out/tune" --seeds 0 --no-progress --out "$out-timing" \
-      --stop-after "$STOP_AFTER" "${adascale[@]}" ;;
   runs)
     printf '%s\n' "$out" "${fixed[@]}" "${adaptive[@]}" "${adascale[3]}" ;;
   *) echo "baselines.sh: step '$step' is not one of tune, sweep, target, timing, runs" >&2; exit 2 ;;

@@ -204,6 +204,16 @@ def separations(histories: pd.DataFrame) -> pd.DataFrame:
 TWIN_COLUMNS = ("epoch", "batch_size", "samples", "train_loss", "test_acc")
 
 
+def _trajectory(h: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """A run's rows ordered by seed and epoch, only ``seed`` and ``columns``: equal frames, the same training."""
+    return h.sort_values(["seed", "epoch"])[["seed", *columns]].reset_index(drop=True)
+
+
+def _end_times(histories: pd.DataFrame) -> pd.Series:
+    """Final ``wall_time_s`` of each (run, seed)."""
+    return histories.sort_values("epoch").groupby(["run", "seed"]).wall_time_s.last()
+
+
 def twins(histories: pd.DataFrame) -> pd.DataFrame:
     """Pairs of runs that trained the same model: the same seeds, and per seed the same batch size, samples,
     train loss and test accuracy at every epoch, exactly (two rules that made the same decisions, with
@@ -211,9 +221,8 @@ def twins(histories: pd.DataFrame) -> pd.DataFrame:
     machine, the code version). Columns: a, b, seeds, ``time a``/``time b`` (mean training time over the
     seeds) and ``ratio`` = time a / time b."""
     columns = [c for c in TWIN_COLUMNS if c in histories]
-    runs = {run: h.sort_values(["seed", "epoch"])[["seed", *columns]].reset_index(drop=True)
-            for run, h in histories.groupby("run", sort=False)}
-    ends = histories.sort_values("epoch").groupby(["run", "seed"]).wall_time_s.last().groupby("run").mean()
+    runs = {run: _trajectory(h, columns) for run, h in histories.groupby("run", sort=False)}
+    ends = _end_times(histories).groupby("run").mean()
     names = list(runs)
     rows = [dict(a=a, b=b, seeds=runs[a].seed.nunique(), **{"time a": ends[a], "time b": ends[b]},
                  ratio=ends[a] / ends[b])
@@ -228,16 +237,12 @@ def retimed(histories: pd.DataFrame, again: pd.DataFrame) -> pd.DataFrame:
     differently and train another model. ``time first``/``time again``: final ``wall_time_s``;
     ``ratio`` = time again / time first. Index: run (a pair missing from ``histories`` is left out)."""
     columns = [c for c in TWIN_COLUMNS if c in histories and c in again]
-    first = {key: h.sort_values("epoch") for key, h in histories.groupby(["run", "seed"])}
-    rows = []
-    for (run, seed), h in again.groupby(["run", "seed"], sort=False):
-        if (run, seed) not in first:
-            continue
-        h, old = h.sort_values("epoch"), first[run, seed]
-        same = h[columns].reset_index(drop=True).equals(old[columns].reset_index(drop=True))
-        t_old, t_new = old.wall_time_s.iloc[-1], h.wall_time_s.iloc[-1]
-        rows.append(dict(run=run, seed=seed, same=same, **{"time first": t_old, "time again": t_new},
-                         ratio=t_new / t_old))
+    first = {key: _trajectory(h, columns) for key, h in histories.groupby(["run", "seed"])}
+    t_first, t_again = _end_times(histories), _end_times(again)
+    rows = [dict(run=run, seed=seed, same=_trajectory(h, columns).equals(first[run, seed]),
+                 **{"time first": t_first[run, seed], "time again": t_again[run, seed]},
+                 ratio=t_again[run, seed] / t_first[run, seed])
+            for (run, seed), h in again.groupby(["run", "seed"], sort=False) if (run, seed) in first]
     header = ["run", "seed", "same", "time first", "time again", "ratio"]
     return pd.DataFrame(rows, columns=header).set_index("run")
 
@@ -326,8 +331,8 @@ def standoff(histories: pd.DataFrame, focus: tuple[str, ...] = ("gns", "goodput"
     """Issue 17's comparison of one tuned sweep: the best tuned fixed batch (the fixed run with the highest
     mean final accuracy), every run of a strategy in ``focus`` (the name before a label's first dash, so
     'goodput-adascale' counts), and the most accurate other adaptive run. Per row, over live seeds:
-    ``acc``, ``acc ±``, ``time s``, and ``failed``, its dead or diverged seeds; ``vs best fixed``, its standing on final accuracy beyond the seed noise
-    (``separations``); ``reached``, 'k/n' seeds that reach the best fixed batch's mean final accuracy; and
+    ``acc``, ``acc ±``, ``time s``, and ``failed``, its dead or diverged seeds; ``vs best fixed``, its
+    standing on final accuracy beyond the seed noise (``separations``); ``reached``, 'k/n' seeds that reach the best fixed batch's mean final accuracy; and
     ``ratio``, the time to that accuracy over the best fixed batch's time (``reach_ratios``, P4b; nan unless
     every seed reached it). Index: short labels, in that order."""
     table = comparison_table(histories)
